@@ -1,0 +1,36 @@
+# Two commands: `make run` (set-up plus the embedded default with the demo feed) and
+# `make test` (set-up plus the whole suite). Everything else is a helper for them.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+
+.PHONY: run test lint typecheck unit setup clean bench
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/pip install --quiet -e '.[test]'
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+run: setup
+	$(BIN)/asvat up --demo
+
+test: setup
+	$(BIN)/ruff check asvat services tests bench
+	$(BIN)/mypy
+	$(BIN)/python -m pytest tests
+
+unit: setup
+	$(BIN)/python -m pytest tests/unit
+
+bench: setup
+	$(BIN)/python bench/engine.py
+
+clean:
+	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache

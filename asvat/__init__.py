@@ -1,0 +1,3 @@
+"""ASVAT: Antisocial Behaviour and Vulnerability Analytical Tool."""
+
+__version__ = "0.1.0"

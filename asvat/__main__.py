@@ -1,0 +1,3 @@
+from asvat.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,129 @@
+"""Settings for every ``asvat`` command, read from ``ASVAT_``-prefixed environment variables.
+
+Each field's description names the variable that sets it; the README's configuration
+table is generated from this class (``asvat config --markdown``), so the code is the
+reference.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: Kafka topics, named once. Versioned names: a breaking contract change gets a new topic.
+TOPIC_INCIDENTS = "asvat.incidents.v1"
+TOPIC_ASSESSMENTS = "asvat.assessments.v1"
+TOPIC_ESCALATIONS = "asvat.escalations.v1"
+TOPIC_LATE = "asvat.incidents.late.v1"
+ALL_TOPICS = (TOPIC_INCIDENTS, TOPIC_ASSESSMENTS, TOPIC_ESCALATIONS, TOPIC_LATE)
+
+EMBEDDED_BROKER_PORT = 19092
+
+
+class Settings(BaseSettings):
+    """All run-time settings. Environment variables win over defaults."""
+
+    model_config = SettingsConfigDict(env_prefix="ASVAT_", extra="ignore")
+
+    env: Literal["development", "production"] = Field(
+        "development",
+        description="ASVAT_ENV: `production` refuses to start without an explicit HMAC key.",
+    )
+    data_dir: Path = Field(
+        Path("./data"),
+        description="ASVAT_DATA_DIR: everything the embedded default keeps (database, worker "
+        "state, logs, generated HMAC key). Removing it resets the system.",
+    )
+    kafka_bootstrap: str | None = Field(
+        None,
+        description="ASVAT_KAFKA_BOOTSTRAP: `host:port[,host:port]` of an existing Kafka. "
+        "Unset: `asvat up` starts the embedded Tansu broker on 127.0.0.1 "
+        "(`ASVAT_EMBEDDED_BROKER_PORT`, default 19092).",
+    )
+    embedded_broker_port: int = Field(
+        EMBEDDED_BROKER_PORT,
+        description="ASVAT_EMBEDDED_BROKER_PORT: port of the embedded broker `asvat up` starts.",
+    )
+    topic_partitions: int = Field(
+        4, ge=1, description="ASVAT_TOPIC_PARTITIONS: partitions per topic when asvat creates them."
+    )
+    policy: Path | None = Field(
+        None,
+        description="ASVAT_POLICY: the detection policy YAML file (`--policy` overrides). "
+        "Unset: the shipped default policy.",
+    )
+    hmac_key: str | None = Field(
+        None,
+        description="ASVAT_HMAC_KEY: secret key for pseudonymising caller identifiers "
+        "(at least 32 characters).",
+        repr=False,
+    )
+    hmac_key_file: Path | None = Field(
+        None,
+        description="ASVAT_HMAC_KEY_FILE: file holding the HMAC key (wins over ASVAT_HMAC_KEY).",
+    )
+    hmac_key_id: str = Field(
+        "k1", description="ASVAT_HMAC_KEY_ID: label of the HMAC key, carried on every event."
+    )
+    database_url: str | None = Field(
+        None,
+        description="ASVAT_DATABASE_URL: SQLAlchemy URL of the API database. "
+        "Unset: a SQLite file `asvat.db` in the data directory.",
+    )
+    ingest_host: str = Field("127.0.0.1", description="ASVAT_INGEST_HOST: ingest bind address.")
+    ingest_port: int = Field(8001, description="ASVAT_INGEST_PORT: ingest HTTP port.")
+    api_host: str = Field("127.0.0.1", description="ASVAT_API_HOST: API bind address.")
+    api_port: int = Field(8000, description="ASVAT_API_PORT: API HTTP port.")
+    worker_host: str = Field("127.0.0.1", description="ASVAT_WORKER_HOST: worker bind address.")
+    worker_port: int = Field(
+        8002, description="ASVAT_WORKER_PORT: worker HTTP port (`/healthz`, `/readyz`, `/metrics`)."
+    )
+    worker_store: Literal["rocksdb", "memory"] = Field(
+        "rocksdb", description="ASVAT_WORKER_STORE: faust table store (`memory` for tests only)."
+    )
+    consumer_group: str = Field(
+        "asvat-repeat-detector",
+        description="ASVAT_CONSUMER_GROUP: Kafka consumer group (faust app id) of the workers.",
+    )
+    api_consumer_group: str = Field(
+        "asvat-api",
+        description="ASVAT_API_CONSUMER_GROUP: consumer group of the API's topic reader.",
+    )
+    future_skew_seconds: int = Field(
+        300,
+        ge=0,
+        description="ASVAT_FUTURE_SKEW_SECONDS: how far in the future `occurred_at`/`reported_at` "
+        "may be (clock skew) before an event is rejected.",
+    )
+    publish_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="ASVAT_PUBLISH_TIMEOUT_SECONDS: how long ingest waits for the broker's acks "
+        "before answering 503.",
+    )
+    log_level: str = Field("INFO", description="ASVAT_LOG_LEVEL: DEBUG, INFO, WARNING or ERROR.")
+
+    @property
+    def bootstrap(self) -> str:
+        """The Kafka bootstrap servers every client connects to."""
+        return self.kafka_bootstrap or f"127.0.0.1:{self.embedded_broker_port}"
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'asvat.db').resolve()}"
+
+    @cached_property
+    def data_path(self) -> Path:
+        """The data directory, created on first use."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        return self.data_dir.resolve()
+
+
+def load_settings() -> Settings:
+    return Settings()
