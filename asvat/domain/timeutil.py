@@ -1,0 +1,80 @@
+"""Event time: RFC 3339 timestamps with an offset, and policy durations.
+
+Times inside the domain are integers: microseconds since the Unix epoch (UTC). Integers
+make window boundaries exact ("exactly 28 days apart" is an equality, not a float
+comparison).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+
+MICROS_PER_SECOND = 1_000_000
+
+_RFC3339 = re.compile(
+    r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$"
+)
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class TimestampError(ValueError):
+    """A timestamp that is not RFC 3339 with an explicit offset."""
+
+
+def parse_timestamp(text: str) -> int:
+    """Parse an RFC 3339 timestamp that carries an offset (``Z`` or ``±hh:mm``).
+
+    Returns microseconds since the epoch. Fractions beyond microseconds are truncated.
+    """
+    if not isinstance(text, str) or not _RFC3339.match(text):
+        raise TimestampError(
+            f"expected an RFC 3339 timestamp with an offset such as "
+            f"'2024-03-01T21:15:00Z' or '2024-03-01T22:15:00+01:00', got {text!r}"
+        )
+    normalised = text.replace("z", "Z").replace("t", "T")
+    if normalised.endswith("Z"):
+        normalised = normalised[:-1] + "+00:00"
+    match = re.match(r"^(.*?)(\.\d+)?([+-]\d{2}:\d{2})$", normalised)
+    assert match is not None  # guaranteed by _RFC3339
+    head, fraction, offset = match.groups()
+    if fraction:
+        normalised = f"{head}.{(fraction[1:] + '000000')[:6]}{offset}"
+    try:
+        moment = datetime.fromisoformat(normalised)
+    except ValueError as exc:  # e.g. month 13
+        raise TimestampError(f"not a valid date and time: {text!r} ({exc})") from exc
+    delta = moment - _EPOCH
+    return (delta.days * 86400 + delta.seconds) * MICROS_PER_SECOND + delta.microseconds
+
+
+def format_timestamp(micros: int) -> str:
+    """Render epoch microseconds as RFC 3339 in UTC (``Z``)."""
+    seconds, fraction = divmod(micros, MICROS_PER_SECOND)
+    moment = datetime.fromtimestamp(seconds, tz=UTC)
+    # Not strftime("%Y"): glibc does not zero-pad years before 1000 ("999-06-01...").
+    text = (
+        f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}"
+        f"T{moment.hour:02d}:{moment.minute:02d}:{moment.second:02d}"
+    )
+    if fraction:
+        text += f".{fraction:06d}".rstrip("0")
+    return text + "Z"
+
+
+def parse_duration(text: str) -> int:
+    """Parse a policy duration (``90s``, ``15m``, ``4h``, ``28d``, ``2w``) to microseconds."""
+    match = _DURATION.match(str(text))
+    if not match:
+        raise ValueError(
+            f"expected a duration: a whole number followed by s, m, h, d or w (e.g. '28d'), "
+            f"got {text!r}"
+        )
+    return int(match.group(1)) * _UNIT_SECONDS[match.group(2)] * MICROS_PER_SECOND
+
+
+def now_micros() -> int:
+    """Wall-clock time in epoch microseconds (adapters only; the engine never reads a clock)."""
+    return int(datetime.now(tz=UTC).timestamp() * MICROS_PER_SECOND)
