@@ -1,0 +1,169 @@
+"""Publishing pseudonymised incident events to Kafka, all-or-report.
+
+:class:`KafkaPublisher` sends every record of a request, then waits for every broker
+acknowledgement (``acks=all``) within the publish timeout. Any failure raises
+:class:`BrokerUnavailable`; the caller then answers 503 and the client re-sends the whole
+request, which is safe because consumers ignore an ``event_id`` they have seen.
+
+Choices forced by the embedded broker (Tansu, memory-only) and kafka-python 3.0:
+
+* ``enable_idempotence=False``: after a Tansu restart the idempotent producer's id is
+  unknown to the broker and every later send fails (``UnknownProducerIdError``, then
+  ``InitProducerId`` errors) until the process restarts. Duplicates from a retried send are
+  harmless (consumers deduplicate by ``event_id``); ``max_in_flight_requests_per_connection=1``
+  keeps a retried batch from overtaking the next one.
+* The producer is created lazily: kafka-python's constructor blocks for its whole bootstrap
+  timeout while no broker answers, which must not stop the service from starting.
+* Topics are (re)created before the first send and after any failure: a restarted Tansu has
+  forgotten them, and an auto-created topic would get the broker's default partition count
+  instead of ``ASVAT_TOPIC_PARTITIONS``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from asvat.embedded.broker import (
+    BrokerUnreachableError,
+    ensure_topics,
+    parse_bootstrap,
+    ping_broker,
+)
+from asvat.settings import TOPIC_INCIDENTS
+
+log = logging.getLogger(__name__)
+
+LINGER_MS = 5
+
+
+class BrokerUnavailable(RuntimeError):
+    """The broker did not acknowledge every record in time: assume none was accepted."""
+
+
+class Publisher(Protocol):
+    """Where ingest sends pseudonymised records: ``(key, value)`` pairs, all or an error."""
+
+    def publish(self, records: Sequence[tuple[str, bytes]]) -> None:
+        """Return once every record is acknowledged; else raise :class:`BrokerUnavailable`."""
+        ...
+
+    def check_ready(self, timeout: float) -> None:
+        """Return if the broker answers within ``timeout`` s, else raise BrokerUnavailable."""
+        ...
+
+    def close(self) -> None:
+        """Release connections (pending records may be dropped)."""
+        ...
+
+
+class KafkaPublisher:
+    """:class:`Publisher` on kafka-python's ``KafkaProducer`` (``acks=all``)."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        *,
+        topic: str = TOPIC_INCIDENTS,
+        partitions: int = 4,
+        timeout: float = 10.0,
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self.partitions = partitions
+        self.timeout = timeout
+        self._servers = [f"{host}:{port}" for host, port in parse_bootstrap(bootstrap)]
+        self._lock = threading.Lock()
+        self._producer: Any = None
+        self._topic_checked = False
+
+    # ------------------------------------------------------------------ Publisher
+
+    def publish(self, records: Sequence[tuple[str, bytes]]) -> None:
+        if not records:
+            return
+        from kafka.errors import KafkaError
+
+        deadline = time.monotonic() + self.timeout
+        try:
+            producer = self._prepare(deadline)
+            futures = [
+                producer.send(self.topic, key=key.encode("utf-8"), value=value)
+                for key, value in records
+            ]
+            for future in futures:
+                future.get(timeout=max(0.001, deadline - time.monotonic()))
+        except (KafkaError, BrokerUnreachableError, OSError) as exc:
+            self._topic_checked = False
+            raise BrokerUnavailable(
+                f"the Kafka broker at {self.bootstrap} did not acknowledge all "
+                f"{len(records)} record(s) on {self.topic} within {self.timeout:g} s "
+                f"({type(exc).__name__}: {exc})"
+            ) from exc
+
+    def check_ready(self, timeout: float) -> None:
+        try:
+            ping_broker(self.bootstrap, timeout=timeout)
+        except BrokerUnreachableError as exc:
+            raise BrokerUnavailable(str(exc)) from exc
+
+    def close(self) -> None:
+        from kafka.errors import KafkaError
+
+        with self._lock:
+            producer, self._producer = self._producer, None
+        if producer is None:
+            return
+        try:
+            producer.close(timeout=2.0)
+        except KafkaError:
+            # kafka-python 3.0.12: close() flushes first and raises when records are still
+            # pending (broker down), before it reaches its own force-close: do that here.
+            sender = getattr(producer, "_sender", None)
+            if sender is not None:
+                sender.force_close()
+            log.warning("Kafka producer closed with unacknowledged records (dropped)")
+
+    # ------------------------------------------------------------------ internals
+
+    def _prepare(self, deadline: float) -> Any:
+        """The producer, created (and the topic ensured) when needed."""
+        with self._lock:
+            if not self._topic_checked:
+                # Probe first: kafka-python clients spend their whole timeout on a dead broker.
+                ping_broker(self.bootstrap, timeout=max(0.1, min(2.0, deadline - time.monotonic())))
+                ensure_topics(self.bootstrap, self.partitions, [self.topic])
+                self._topic_checked = True
+            if self._producer is None:
+                self._producer = self._create_producer(deadline)
+            return self._producer
+
+    def _create_producer(self, deadline: float) -> Any:
+        from kafka import KafkaProducer
+
+        timeout_ms = int(self.timeout * 1000)
+        remaining_ms = max(100, int((deadline - time.monotonic()) * 1000))
+        return KafkaProducer(
+            bootstrap_servers=self._servers,
+            client_id="asvat-ingest",
+            acks="all",
+            linger_ms=LINGER_MS,
+            enable_idempotence=False,
+            max_in_flight_requests_per_connection=1,
+            retries=5,
+            retry_backoff_ms=100,
+            # Reconnect within a second of the broker coming back (the default backs off
+            # exponentially to 30 s, so the first requests after an outage would still fail).
+            reconnect_backoff_ms=50,
+            reconnect_backoff_max_ms=1000,
+            # send() blocks at most this long for metadata when the broker is away.
+            max_block_ms=timeout_ms,
+            request_timeout_ms=timeout_ms,
+            # Give up on a record soon after the client has been told 503.
+            delivery_timeout_ms=timeout_ms + LINGER_MS,
+            bootstrap_timeout_ms=remaining_ms,
+            allow_auto_create_topics=False,
+        )
