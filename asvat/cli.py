@@ -1,0 +1,208 @@
+"""The ``asvat`` command.
+
+asvat up [--demo]          everything on the embedded default (or ASVAT_KAFKA_BOOTSTRAP)
+asvat worker               the repeat-detector faust worker
+asvat ingest               the ingest HTTP service (127.0.0.1:8001)
+asvat api                  the API (127.0.0.1:8000)
+asvat replay ...           the engine offline over an NDJSON file
+asvat topics create        create the Kafka topics on ASVAT_KAFKA_BOOTSTRAP
+asvat demo-feed            post the demo incidents to a running ingest
+asvat config [--markdown]  the settings and their environment variables
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from asvat.domain.policy import Policy, PolicyError
+from asvat.settings import Settings, load_settings
+
+
+def _policy(args: argparse.Namespace, settings: Settings) -> Policy:
+    from asvat.policy import load_policy
+
+    path = getattr(args, "policy", None) or settings.policy
+    return load_policy(Path(path) if path else None)
+
+
+def _add_policy(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--policy",
+        type=Path,
+        default=None,
+        help="detection policy YAML (default: ASVAT_POLICY, else the shipped default)",
+    )
+
+
+def _cmd_up(args: argparse.Namespace, settings: Settings) -> int:
+    from asvat.supervisor import run_up
+
+    policy_path = args.policy or settings.policy
+    _policy(args, settings)  # validate before starting anything
+    return run_up(settings, policy_path=policy_path, demo=args.demo, demo_rate=args.rate)
+
+
+def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from services.repeat_detector.main import run
+
+    return run(settings, _policy(args, settings))
+
+
+def _cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
+    from services.ingest.main import run
+
+    return run(settings, _policy(args, settings))
+
+
+def _cmd_api(args: argparse.Namespace, settings: Settings) -> int:
+    from services.api.main import run
+
+    run(settings)
+    return 0
+
+
+def _cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
+    from asvat.keys import load_hmac_key
+    from asvat.replay import replay
+
+    policy = _policy(args, settings)
+    if not args.input.is_file():
+        print(f"replay: --input {args.input}: no such file", file=sys.stderr)
+        return 2
+    key, key_id = load_hmac_key(settings)
+    code, _summary = replay(
+        policy,
+        args.input,
+        args.output,
+        key=key,
+        key_id=key_id,
+        skip_invalid=args.skip_invalid,
+        progress=not args.no_progress,
+    )
+    return code
+
+
+def _cmd_topics(args: argparse.Namespace, settings: Settings) -> int:
+    from asvat.embedded.broker import ensure_topics, wait_for_broker
+
+    wait_for_broker(settings.bootstrap, timeout=args.wait)
+    ensure_topics(settings.bootstrap, settings.topic_partitions)
+    print(f"topics ready on {settings.bootstrap}")
+    return 0
+
+
+def _cmd_demo_feed(args: argparse.Namespace, settings: Settings) -> int:
+    from datetime import UTC, datetime
+
+    from asvat.demo import demo_burst, feed, northumbria_incidents
+
+    url = args.url or f"http://{settings.ingest_host}:{settings.ingest_port}"
+    now = datetime.now(tz=UTC)
+    # The year is shifted to end now, so that it lies within the policy's max_lateness.
+    events = demo_burst(seed=args.seed, end=now) + northumbria_incidents(
+        seed=args.seed, shift_to=now, limit=args.limit
+    )
+    accepted = feed(url, events, rate_per_s=args.rate)
+    print(f"demo feed: {accepted} events accepted by {url}")
+    return 0
+
+
+def _cmd_config(args: argparse.Namespace, settings: Settings) -> int:
+    if args.markdown:
+        print("| variable | default | meaning |")
+        print("|---|---|---|")
+        for name, info in Settings.model_fields.items():
+            description = info.description or ""
+            variable, _, meaning = description.partition(": ")
+            default = info.default
+            shown = "(unset)" if default is None else f"`{default}`"
+            print(f"| `{variable or 'ASVAT_' + name.upper()}` | {shown} | {meaning} |")
+        return 0
+    for name, value in settings.model_dump().items():
+        shown = "(set)" if name == "hmac_key" and value else value
+        print(f"ASVAT_{name.upper()}={shown}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="asvat", description=__doc__.splitlines()[0] if __doc__ else None
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser(
+        "up", help="start broker (embedded unless ASVAT_KAFKA_BOOTSTRAP), worker, ingest and API"
+    )
+    _add_policy(up)
+    up.add_argument(
+        "--demo", action="store_true", help="also feed the demo incidents (real Northumbria data)"
+    )
+    up.add_argument("--rate", type=float, default=40.0, help="demo feed rate, events per second")
+    up.set_defaults(func=_cmd_up)
+
+    worker = sub.add_parser("worker", help="run the repeat-detector worker")
+    _add_policy(worker)
+    worker.set_defaults(func=_cmd_worker)
+
+    ingest = sub.add_parser("ingest", help="run the ingest HTTP service")
+    _add_policy(ingest)
+    ingest.set_defaults(func=_cmd_ingest)
+
+    api = sub.add_parser("api", help="run the API")
+    api.set_defaults(func=_cmd_api)
+
+    rep = sub.add_parser(
+        "replay", help="run the engine offline over an NDJSON file of incident events"
+    )
+    _add_policy(rep)
+    rep.add_argument(
+        "--input", type=Path, required=True, help="NDJSON incident events (contract v1)"
+    )
+    rep.add_argument(
+        "--output", type=Path, required=True, help="where to write one assessment per line"
+    )
+    rep.add_argument(
+        "--skip-invalid", action="store_true", help="exit 0 even if some lines were invalid"
+    )
+    rep.add_argument("--no-progress", action="store_true", help="no progress bar")
+    rep.set_defaults(func=_cmd_replay)
+
+    topics = sub.add_parser("topics", help="manage Kafka topics")
+    topics_sub = topics.add_subparsers(dest="topics_command", required=True)
+    create = topics_sub.add_parser("create", help="create every asvat topic (idempotent)")
+    create.add_argument("--wait", type=float, default=60.0, help="seconds to wait for the broker")
+    create.set_defaults(func=_cmd_topics)
+
+    demo = sub.add_parser("demo-feed", help="post the demo incidents to a running ingest service")
+    demo.add_argument("--url", default=None, help="ingest base URL (default from settings)")
+    demo.add_argument("--rate", type=float, default=40.0, help="events per second")
+    demo.add_argument("--seed", type=int, default=2022)
+    demo.add_argument(
+        "--limit", type=int, default=None, help="at most this many Northumbria incidents"
+    )
+    demo.set_defaults(func=_cmd_demo_feed)
+
+    config = sub.add_parser("config", help="show the settings")
+    config.add_argument("--markdown", action="store_true", help="the README's configuration table")
+    config.set_defaults(func=_cmd_config)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings()
+    except ValueError as exc:
+        print(f"asvat: bad setting: {exc}", file=sys.stderr)
+        return 2
+    try:
+        code: int = args.func(args, settings)
+    except PolicyError as exc:
+        print(f"asvat: bad policy: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return code

@@ -1,0 +1,273 @@
+"""``asvat up``: the whole system on one machine.
+
+Starts the embedded Tansu broker (unless ``ASVAT_KAFKA_BOOTSTRAP`` names a Kafka), creates
+the topics, then runs the worker, ingest and API as child processes. Prints the URLs and,
+as they arrive, each new escalation. Ctrl-C or SIGTERM stops everything in reverse order
+and waits for each process, so no orphan is left and every port is free again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import IO
+
+from asvat.embedded.broker import (
+    EmbeddedBroker,
+    PortInUseError,
+    ensure_port_free,
+    ensure_topics,
+    wait_for_broker,
+)
+from asvat.settings import Settings
+
+STOP_TIMEOUT_S = 15.0
+
+
+@dataclass
+class Child:
+    name: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    log_file: IO[bytes]
+
+
+class Supervisor:
+    def __init__(
+        self, settings: Settings, *, policy_path: Path | None, out: IO[str] = sys.stdout
+    ) -> None:
+        self.settings = settings
+        self.policy_path = policy_path
+        self.out = out
+        self.data = settings.data_path
+        self.logs = self.data / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.broker: EmbeddedBroker | None = None
+        self.children: list[Child] = []
+        self.stopping = threading.Event()
+
+    def say(self, text: str) -> None:
+        print(text, file=self.out, flush=True)
+
+    def check_ports(self) -> None:
+        s = self.settings
+        if not s.kafka_bootstrap:
+            ensure_port_free("127.0.0.1", s.embedded_broker_port, "embedded Kafka broker")
+        ensure_port_free(s.worker_host, s.worker_port, "worker HTTP")
+        ensure_port_free(s.ingest_host, s.ingest_port, "ingest HTTP")
+        ensure_port_free(s.api_host, s.api_port, "API HTTP")
+
+    def child_env(self, bootstrap: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env["ASVAT_KAFKA_BOOTSTRAP"] = bootstrap
+        env["ASVAT_DATA_DIR"] = str(self.data)
+        if self.policy_path is not None:
+            env["ASVAT_POLICY"] = str(Path(self.policy_path).resolve())
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        return env
+
+    def spawn(self, name: str, bootstrap: str) -> Child:
+        log_path = self.logs / f"{name}.log"
+        log_file = log_path.open("ab")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "asvat", name],
+            env=self.child_env(bootstrap),
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C reaches us; we stop the children in order
+        )
+        child = Child(name, process, log_path, log_file)
+        self.children.append(child)
+        return child
+
+    def start(self) -> str:
+        self.check_ports()
+        if self.settings.kafka_bootstrap:
+            bootstrap = self.settings.kafka_bootstrap
+            self.say(f"Kafka: using {bootstrap} (ASVAT_KAFKA_BOOTSTRAP)")
+            wait_for_broker(bootstrap, timeout=60)
+        else:
+            self.broker = EmbeddedBroker(
+                self.settings.embedded_broker_port, log_path=self.logs / "broker.log"
+            )
+            self.broker.start()
+            bootstrap = self.broker.bootstrap
+            self.say(f"Kafka: embedded Tansu broker on {bootstrap} (memory only)")
+        ensure_topics(bootstrap, self.settings.topic_partitions)
+        for name in ("worker", "ingest", "api"):
+            self.spawn(name, bootstrap)
+        return bootstrap
+
+    def wait_ready(self, timeout: float = 120.0) -> bool:
+        s = self.settings
+        urls = {
+            "api": f"http://{s.api_host}:{s.api_port}/readyz",
+            "ingest": f"http://{s.ingest_host}:{s.ingest_port}/readyz",
+            "worker": f"http://{s.worker_host}:{s.worker_port}/readyz",
+        }
+        pending = dict(urls)
+        deadline = time.monotonic() + timeout
+        while pending and time.monotonic() < deadline and not self.stopping.is_set():
+            self.check_children()
+            for name, url in list(pending.items()):
+                if _http_ok(url):
+                    del pending[name]
+                    self.say(f"  {name} ready")
+            time.sleep(0.5)
+        return not pending
+
+    def check_children(self) -> None:
+        for child in self.children:
+            code = child.process.poll()
+            if code is not None and not self.stopping.is_set():
+                tail = _tail(child.log_path, 15)
+                raise ChildExited(
+                    f"{child.name} exited with code {code}; last lines of {child.log_path}:\n{tail}"
+                )
+
+    def stop(self) -> None:
+        self.stopping.set()
+        for child in reversed(self.children):
+            if child.process.poll() is None:
+                os.killpg(child.process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        for child in reversed(self.children):
+            remaining = max(0.1, deadline - time.monotonic())
+            try:
+                child.process.wait(remaining)
+            except subprocess.TimeoutExpired:
+                os.killpg(child.process.pid, signal.SIGKILL)
+                child.process.wait()
+            child.log_file.close()
+        if self.broker is not None:
+            self.broker.stop()
+
+
+class ChildExited(RuntimeError):
+    pass
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1.0) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def _tail(path: Path, lines: int) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _watch_escalations(api: str, out: IO[str], stop: threading.Event) -> None:
+    """Print each new escalation the API knows about (a console view of the live feed)."""
+    seen: set[str] = set()
+    while not stop.wait(1.0):
+        try:
+            with urllib.request.urlopen(f"{api}/v1/escalations?limit=100", timeout=2.0) as response:
+                items = json.loads(response.read())["items"]
+        except (urllib.error.URLError, OSError, ValueError, KeyError):
+            continue
+        for item in reversed(items):
+            if item["escalation_id"] in seen:
+                continue
+            seen.add(item["escalation_id"])
+            print(
+                f"ESCALATION {item['rule_id']}: {item['subject_type']} "
+                f"{item['subject_key'][:16]} incident {item['incident_id']} "
+                f"({len(item['contributing_incident_ids'])} incidents)",
+                file=out,
+                flush=True,
+            )
+
+
+def run_up(settings: Settings, *, policy_path: Path | None, demo: bool, demo_rate: float) -> int:
+    supervisor = Supervisor(settings, policy_path=policy_path)
+    stop_requested = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop_requested.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    code = 0
+    threads: list[threading.Thread] = []
+    try:
+        supervisor.start()
+        if not supervisor.wait_ready() and not stop_requested.is_set():
+            supervisor.say(
+                "asvat up: services did not become ready in time; see logs in "
+                + str(supervisor.logs)
+            )
+            return 1
+        s = settings
+        api = f"http://{s.api_host}:{s.api_port}"
+        ingest = f"http://{s.ingest_host}:{s.ingest_port}"
+        supervisor.say(
+            f"\nASVAT is up.\n  API:     {api}/v1/escalations  (docs {api}/docs)\n"
+            f"  Ingest:  {ingest}/v1/incidents\n"
+            f"  Worker:  http://{s.worker_host}:{s.worker_port}/readyz\n"
+            f"  Metrics: {api}/metrics {ingest}/metrics http://{s.worker_host}:{s.worker_port}/metrics\n"
+            f"  Data:    {supervisor.data}  (logs in {supervisor.logs})\n"
+            "Press Ctrl-C to stop.\n"
+        )
+        watcher = threading.Thread(
+            target=_watch_escalations, args=(api, supervisor.out, stop_requested), daemon=True
+        )
+        watcher.start()
+        threads.append(watcher)
+        if demo:
+            threads.append(_start_demo(ingest, demo_rate, stop_requested, supervisor))
+        while not stop_requested.wait(0.5):
+            supervisor.check_children()
+    except PortInUseError as exc:
+        print(f"asvat up: {exc}", file=sys.stderr)
+        code = 1
+    except ChildExited as exc:
+        print(f"asvat up: {exc}", file=sys.stderr)
+        code = 1
+    finally:
+        stop_requested.set()
+        supervisor.say("stopping...")
+        supervisor.stop()
+        for thread in threads:
+            thread.join(timeout=5)
+        supervisor.say("stopped.")
+    return code
+
+
+def _start_demo(
+    ingest: str, rate: float, stop: threading.Event, supervisor: Supervisor
+) -> threading.Thread:
+    from asvat.demo import demo_burst, feed, northumbria_incidents
+    from asvat.domain.timeutil import now_micros
+
+    def run() -> None:
+        from datetime import UTC, datetime
+
+        now = datetime.fromtimestamp(now_micros() / 1e6, tz=UTC)
+        burst = demo_burst(seed=2022)
+        year = northumbria_incidents(seed=2022, shift_to=now)
+        supervisor.say(
+            f"demo: feeding {len(burst)} scripted incidents, then {len(year)} real Northumbria "
+            f"2022 ASB records (synthetic callers, time-shifted to end now) at {rate:g}/s"
+        )
+        feed(ingest, burst + year, rate_per_s=rate, stop=stop, log=supervisor.say)
+
+    thread = threading.Thread(target=run, name="demo-feed", daemon=True)
+    thread.start()
+    return thread

@@ -1,0 +1,273 @@
+"""The repeat-detector worker: a faust-streaming app around the pure detection engine.
+
+Data flow: ``asvat.incidents.v1`` → :class:`~asvat.domain.engine.DetectionEngine` →
+``asvat.assessments.v1`` (every changed assessment), ``asvat.escalations.v1`` (a subject
+first meeting a rule) and ``asvat.incidents.late.v1`` (events not applied, with the
+reason).
+
+State: the engine keeps its windows in memory; the durable part of that state, the
+current record of every incident, lives in the faust table ``incident-records`` (RocksDB
+store, changelog with ``cleanup.policy=delete`` because the embedded broker reports wrong
+end offsets for compacted topics). On start the engine is rebuilt from that table, so a
+restart neither forgets a repeat nor re-issues what it already issued.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import faust
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from asvat.domain.engine import DetectionEngine, Outcome
+from asvat.domain.incident import IncidentEvent
+from asvat.domain.policy import Policy
+from asvat.domain.timeutil import format_timestamp, now_micros
+from asvat.settings import (
+    TOPIC_ASSESSMENTS,
+    TOPIC_ESCALATIONS,
+    TOPIC_INCIDENTS,
+    TOPIC_LATE,
+    Settings,
+)
+
+log = logging.getLogger("asvat.worker")
+
+#: Events taken from the stream per batch, and the longest wait to fill one.
+BATCH_SIZE = 500
+BATCH_WITHIN_S = 0.05
+
+
+class IncidentRecordTable(faust.Table):  # type: ignore[misc,type-arg]
+    """A table whose changelog is not compacted (see the module docstring)."""
+
+    _changelog_compacting = False
+
+
+@dataclass
+class WorkerMetrics:
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.events = Counter(
+            "asvat_worker_events_processed",
+            "Incident events taken from the topic",
+            ["result"],
+            registry=r,
+        )
+        self.assessments = Counter(
+            "asvat_worker_assessments_issued", "Assessments published", registry=r
+        )
+        self.escalations = Counter(
+            "asvat_worker_escalations_raised", "Escalations published", ["rule"], registry=r
+        )
+        self.retained = Gauge(
+            "asvat_worker_retained_incidents", "Incidents held in the engine's windows", registry=r
+        )
+        self.batch_seconds = Histogram(
+            "asvat_worker_batch_seconds", "Time to process one batch of events", registry=r
+        )
+        self.last_batch = Gauge(
+            "asvat_worker_last_batch_timestamp_seconds",
+            "Unix time the last batch finished",
+            registry=r,
+        )
+
+
+@dataclass
+class DetectorState:
+    """What the agent shares with the health pages."""
+
+    engine: DetectionEngine
+    restored: bool = False
+    started_at: float = field(default_factory=time.time)
+    last_progress: float = field(default_factory=time.time)
+
+
+def _decode(raw: bytes) -> IncidentEvent:
+    return IncidentEvent.from_wire(json.loads(raw))
+
+
+def _dumps(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def create_app(
+    settings: Settings, policy: Policy
+) -> tuple[faust.App, DetectorState, WorkerMetrics]:
+    """Build the faust app, its table, agent and health pages."""
+    data = settings.data_path / "worker"
+    data.mkdir(parents=True, exist_ok=True)
+    app = faust.App(
+        settings.consumer_group,
+        broker=f"kafka://{settings.bootstrap}",
+        store="rocksdb://" if settings.worker_store == "rocksdb" else "memory://",
+        datadir=str(data),
+        topic_partitions=settings.topic_partitions,
+        topic_replication_factor=1,
+        web_enabled=True,
+        web_host=settings.worker_host,
+        web_bind=settings.worker_host,
+        web_port=settings.worker_port,
+        web_in_thread=False,
+        # The defaults (session 60 s, rebalance 60 s) make a group join take ~30 s on the
+        # embedded broker; these bring it to a few seconds (ENGINEERING.md).
+        broker_session_timeout=10,
+        broker_heartbeat_interval=1,
+        broker_rebalance_timeout=10,
+        broker_commit_every=BATCH_SIZE,
+        broker_commit_interval=1.0,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        producer_linger_ms=5,
+        table_cleanup_interval=3600,
+        Table=IncidentRecordTable,
+    )
+    metrics = WorkerMetrics()
+    state = DetectorState(engine=DetectionEngine(policy))
+
+    incidents = app.topic(TOPIC_INCIDENTS, key_type=bytes, value_type=bytes, value_serializer="raw")
+    assessments = app.topic(
+        TOPIC_ASSESSMENTS, key_type=bytes, value_type=bytes, value_serializer="raw"
+    )
+    escalations = app.topic(
+        TOPIC_ESCALATIONS, key_type=bytes, value_type=bytes, value_serializer="raw"
+    )
+    late = app.topic(TOPIC_LATE, key_type=bytes, value_type=bytes, value_serializer="raw")
+    records = app.Table(
+        "incident-records",
+        key_type=bytes,  # bytes → faust's "raw" serializer for keys and values
+        value_type=bytes,
+        partitions=settings.topic_partitions,
+        # Delete-policy changelog: keep it for as long as the state it rebuilds can matter.
+        extra_topic_configs={"retention.ms": str(-1)},
+        help="Current record (pseudonymised wire event) of every retained incident.",
+    )
+
+    def restore() -> None:
+        events = []
+        for _key, value in records.items():
+            try:
+                events.append(_decode(value))
+            except (ValueError, KeyError) as exc:  # pragma: no cover - data written by us
+                log.error("skipping unreadable stored record: %s", exc)
+        events.sort(key=lambda e: e.occurred_at)
+        state.engine.restore(events)
+        state.restored = True
+        log.info("engine restored from %d stored incident records", len(events))
+
+    async def publish(outcome: Outcome, raw: bytes, event: IncidentEvent) -> None:
+        now = now_micros()
+        if outcome.not_applied is not None:
+            watermark = outcome.not_applied.watermark
+            payload = {
+                "schema": "asvat.late-incident.v1",
+                "reason": outcome.not_applied.reason,
+                "kind": outcome.not_applied.kind,
+                "watermark": None if watermark is None else format_timestamp(watermark),
+                "event": json.loads(raw),
+            }
+            await late.send(key=event.incident_id.encode(), value=_dumps(payload))
+            return
+        for assessment in outcome.assessments:
+            await assessments.send(
+                key=assessment.incident_id.encode(), value=_dumps(assessment.to_wire(now))
+            )
+        metrics.assessments.inc(len(outcome.assessments))
+        for escalation in outcome.escalations:
+            await escalations.send(
+                key=escalation.subject_key.encode(), value=_dumps(escalation.to_wire(now))
+            )
+            metrics.escalations.labels(escalation.rule_id).inc()
+            log.info(
+                "escalation raised: %s %s rule=%s incident_id=%s",
+                escalation.subject_type,
+                escalation.escalation_id[:12],
+                escalation.rule_id,
+                escalation.incident_id,
+            )
+
+    @app.agent(incidents)  # type: ignore[misc]
+    async def detect(stream: Any) -> None:
+        async for batch in stream.take_events(BATCH_SIZE, within=BATCH_WITHIN_S):
+            if not state.restored:
+                restore()
+            started = time.perf_counter()
+            for message_event in batch:
+                # take_events does not set faust's current event; the RocksDB store and the
+                # changelog need it to know the partition a table write belongs to.
+                stream._set_current_event(message_event)
+                raw = message_event.value
+                try:
+                    event = _decode(raw)
+                except (ValueError, KeyError, TypeError) as exc:
+                    # Ingest validated it; an unreadable message here is a contract breach.
+                    metrics.events.labels("unreadable").inc()
+                    log.error("unreadable incident message (%s); sent to the late topic", exc)
+                    payload = {
+                        "schema": "asvat.late-incident.v1",
+                        "reason": f"unreadable: {exc}",
+                        "kind": "rejected",
+                        "watermark": None,
+                        "event": None,
+                    }
+                    await late.send(key=b"", value=_dumps(payload))
+                    continue
+                try:
+                    outcome = state.engine.apply(event)
+                except Exception as exc:  # a bug, not bad data: keep the event, say why
+                    log.exception(
+                        "engine failed on incident_id=%s event_id=%s",
+                        event.incident_id,
+                        event.event_id,
+                    )
+                    metrics.events.labels("engine_error").inc()
+                    payload = {
+                        "schema": "asvat.late-incident.v1",
+                        "kind": "rejected",
+                        "reason": f"engine error: {type(exc).__name__}: {exc}",
+                        "watermark": None,
+                        "event": json.loads(raw),
+                    }
+                    await late.send(key=event.incident_id.encode(), value=_dumps(payload))
+                    continue
+                if outcome.duplicate:
+                    metrics.events.labels("duplicate").inc()
+                    continue
+                if outcome.superseded:
+                    metrics.events.labels("superseded").inc()
+                    continue
+                if outcome.not_applied is None:
+                    records[event.incident_id.encode()] = raw
+                    metrics.events.labels("applied").inc()
+                else:
+                    metrics.events.labels(outcome.not_applied.kind).inc()
+                await publish(outcome, raw, event)
+            metrics.batch_seconds.observe(time.perf_counter() - started)
+            metrics.retained.set(state.engine.retained_incidents)
+            metrics.last_batch.set(time.time())
+            state.last_progress = time.time()
+
+    @app.page("/healthz")  # type: ignore[misc]
+    async def healthz(web: Any, request: Any) -> Any:
+        return web.json({"status": "ok"})
+
+    @app.page("/readyz")  # type: ignore[misc]
+    async def readyz(web: Any, request: Any) -> Any:
+        assigned = len(app.consumer.assignment()) if app.consumer else 0
+        ready = assigned > 0
+        body = {"ready": ready, "assigned_partitions": assigned, "restored": state.restored}
+        return web.json(body, status=200 if ready else 503)
+
+    @app.page("/metrics")  # type: ignore[misc]
+    async def metrics_page(web: Any, request: Any) -> Any:
+        return web.bytes(
+            generate_latest(metrics.registry), content_type="text/plain; version=0.0.4"
+        )
+
+    return app, state, metrics

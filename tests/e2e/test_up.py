@@ -1,0 +1,288 @@
+"""End to end on real parts: ``asvat up`` starts the embedded Tansu broker, the faust
+worker, ingest and the API as processes; incidents go in over HTTP and escalations come out
+of the API. Nothing is mocked."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kafka import KafkaConsumer, TopicPartition
+
+pytestmark = pytest.mark.e2e
+
+RAW_PHONES = ("07412 345678", "+44 7412 345678", "447412345678")
+RAW_NAME = "Zebedee Quixotic-Fairweather"
+RAW_POSTCODE = "NE1 4ST"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def http(
+    method: str, url: str, body: Any = None, content_type: str = "application/json"
+) -> tuple[int, Any]:
+    data = None
+    if body is not None:
+        data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+    request = urllib.request.Request(
+        url, data=data, method=method, headers={"Content-Type": content_type}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=15) as response:
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"null")
+
+
+@dataclass
+class System:
+    process: subprocess.Popen[bytes]
+    data_dir: Path
+    ports: dict[str, int]
+    output: Path
+
+    @property
+    def api(self) -> str:
+        return f"http://127.0.0.1:{self.ports['api']}"
+
+    @property
+    def ingest(self) -> str:
+        return f"http://127.0.0.1:{self.ports['ingest']}"
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.ports['broker']}"
+
+
+def system_env(data_dir: Path, ports: dict[str, int]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ASVAT_")}
+    env.update(
+        ASVAT_DATA_DIR=str(data_dir),
+        ASVAT_EMBEDDED_BROKER_PORT=str(ports["broker"]),
+        ASVAT_API_PORT=str(ports["api"]),
+        ASVAT_INGEST_PORT=str(ports["ingest"]),
+        ASVAT_WORKER_PORT=str(ports["worker"]),
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+@pytest.fixture(scope="module")
+def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
+    data_dir = tmp_path_factory.mktemp("asvat-data")
+    ports = {name: free_port() for name in ("broker", "api", "ingest", "worker")}
+    output = data_dir.parent / "up-output.txt"
+    with output.open("wb") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "asvat", "up"],
+            env=system_env(data_dir, ports),
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    up = System(process, data_dir, ports, output)
+    deadline = time.monotonic() + 120
+    while "ASVAT is up" not in output.read_text():
+        assert process.poll() is None, f"asvat up exited early:\n{output.read_text()}"
+        assert time.monotonic() < deadline, f"asvat up not ready in 120 s:\n{output.read_text()}"
+        time.sleep(0.5)
+    yield up
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        process.wait(60)
+
+
+def incident(n: int, phone: str, day: int) -> dict[str, Any]:
+    return {
+        "event_id": f"E2E-{n}-0",
+        "incident_id": f"E2E-{n}",
+        "sequence": 0,
+        "event_type": "opened",
+        "occurred_at": f"2026-10-{day:02d}T21:15:00+01:00",
+        "reported_at": f"2026-10-{day:02d}T21:40:00+01:00",
+        "source": "101",
+        "opening_code": "ASBP",
+        "closing_code": None,
+        "caller": {"phone": phone, "name": RAW_NAME, "postcode": RAW_POSTCODE},
+        "location": {"lat": 54.9783 + n * 0.01, "lon": -1.6178},
+        "vulnerability": ["isolation"],
+        "description": "Youths kicking the door again",
+    }
+
+
+def wait_for(predicate: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.25)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def test_three_reports_with_three_phone_spellings_raise_one_victim_escalation(
+    system: System,
+) -> None:
+    events = [
+        incident(n, phone, day)
+        for n, (phone, day) in enumerate(zip(RAW_PHONES, (2, 9, 16), strict=True))
+    ]
+    for event in events:
+        status, body = http("POST", f"{system.ingest}/v1/incidents", event)
+        assert status == 202, body
+        assert body["accepted"] == 1
+
+    def victim_escalation() -> dict[str, Any] | None:
+        status, body = http("GET", f"{system.api}/v1/escalations?subject_type=victim")
+        assert status == 200
+        found = [e for e in body["items"] if e["rule_id"] == "victim-28d"]
+        return found[0] if found else None
+
+    escalation = wait_for(victim_escalation, 60, "the victim-28d escalation in the API")
+    assert escalation["incident_id"] == "E2E-2"
+    assert escalation["contributing_incident_ids"] == ["E2E-0", "E2E-1", "E2E-2"]
+    status, assessment = http("GET", f"{system.api}/v1/incidents/E2E-2/assessment")
+    assert status == 200
+    assert assessment["incident_id"] == "E2E-2"
+    assert "victim-28d" in assessment["rules_met"]
+    status, first = http("GET", f"{system.api}/v1/incidents/E2E-0/assessment")
+    assert status == 200 and first["rules_met"] == []
+
+
+def test_a_bad_record_in_a_batch_rejects_the_whole_batch(system: System) -> None:
+    good = incident(10, "0191 498 0123", 3)
+    bad = dict(incident(11, "0191 498 0123", 4), occurred_at="2026-10-04T21:15:00")
+    status, body = http("POST", f"{system.ingest}/v1/incidents", [good, bad])
+    assert status == 422
+    assert [(e["index"], e["field"]) for e in body["errors"]] == [(1, "occurred_at")]
+    time.sleep(1.0)
+    status, _ = http("GET", f"{system.api}/v1/incidents/E2E-10/assessment")
+    assert status == 404  # nothing of the batch was published
+
+
+def _all_topic_bytes(bootstrap: str) -> bytes:
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, consumer_timeout_ms=3000)
+    partitions = [
+        TopicPartition(topic, p)
+        for topic in consumer.topics()
+        for p in (consumer.partitions_for_topic(topic) or ())
+    ]
+    consumer.assign(partitions)
+    consumer.seek_to_beginning()
+    chunks = [bytes(m.key or b"") + bytes(m.value or b"") for m in consumer]
+    consumer.close()
+    assert chunks, "expected messages on the topics"
+    return b"\n".join(chunks)
+
+
+def test_no_raw_identifier_reaches_a_topic_the_database_or_a_log(system: System) -> None:
+    wait_for(
+        lambda: http("GET", f"{system.api}/v1/incidents/E2E-2/assessment")[0] == 200,
+        60,
+        "the assessments of the escalation test",
+    )
+    needles = [p.encode() for p in RAW_PHONES] + [
+        b"7412345678",
+        b"7412 345678",
+        RAW_NAME.encode(),
+        RAW_NAME.lower().encode(),
+        RAW_POSTCODE.encode(),
+        b"NE14ST",
+    ]
+    haystacks = {"topics": _all_topic_bytes(system.bootstrap)}
+    database = system.data_dir / "asvat.db"
+    connection = sqlite3.connect(database)
+    rows = []
+    for (table,) in connection.execute("select name from sqlite_master where type='table'"):
+        rows.extend(repr(r) for r in connection.execute(f'select * from "{table}"'))
+    connection.close()
+    assert rows, "expected rows in the database"
+    haystacks["database rows"] = "\n".join(rows).encode()
+    for path in system.data_dir.rglob("*"):
+        if path.is_file():
+            haystacks[str(path)] = path.read_bytes()
+    haystacks["asvat up output"] = system.output.read_bytes()
+    for where, blob in haystacks.items():
+        for needle in needles:
+            assert needle not in blob, f"raw identifier {needle!r} found in {where}"
+
+
+def test_port_in_use_gives_one_line_naming_it(tmp_path: Path) -> None:
+    ports = {name: free_port() for name in ("broker", "api", "ingest", "worker")}
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", ports["api"]))
+        blocker.listen()
+        result = subprocess.run(
+            [sys.executable, "-m", "asvat", "up"],
+            env=system_env(tmp_path, ports),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1, result.stderr
+    assert str(ports["api"]) in errors[0]
+    assert port_free(ports["broker"]), "nothing may be left running"
+
+
+def test_sigterm_stops_everything_and_frees_every_port(system: System) -> None:
+    """Runs last in this module (pytest keeps file order): it stops the shared system."""
+    child_pids = _descendants(system.process.pid)
+    assert child_pids, "asvat up should have child processes"
+    system.process.send_signal(signal.SIGTERM)
+    assert system.process.wait(60) == 0
+    for pid in child_pids:
+        assert not Path(f"/proc/{pid}").exists() or _is_zombie(pid), f"orphan process {pid}"
+    for name, port in system.ports.items():
+        assert wait_for(lambda p=port: port_free(p), 10, f"{name} port {port} to be free")
+
+
+def _descendants(pid: int) -> list[int]:
+    found: list[int] = []
+    frontier = [pid]
+    while frontier:
+        parent = frontier.pop()
+        for status in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = status.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == parent:
+                child = int(status.parent.name)
+                found.append(child)
+                frontier.append(child)
+    return found
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
