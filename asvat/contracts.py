@@ -17,6 +17,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import jsonschema_rs
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, best_match
 from referencing import Registry, Resource
@@ -108,6 +109,26 @@ def _validator(name: str) -> Draft202012Validator:
     Draft202012Validator.check_schema(schema)
     return Draft202012Validator(
         schema, registry=_registry(), format_checker=Draft202012Validator.FORMAT_CHECKER
+    )
+
+
+@cache
+def _fast_validator(name: str) -> Any:
+    """The same schema compiled by jsonschema-rs: about 300 times faster, yes/no only.
+
+    Nearly every record is valid, so the fast check answers them; only a record it rejects
+    goes through the Python validator, whose errors name each field and what was expected.
+    ``tests/unit/test_contracts.py`` checks that both agree on valid and invalid records.
+    """
+    resources = [
+        (schema["$id"], schema)
+        for schema in (load_schema(other) for other in schema_names())
+        if isinstance(schema.get("$id"), str)
+    ]
+    return jsonschema_rs.validator_for(
+        load_schema(_schema_name(name)),
+        registry=jsonschema_rs.Registry(resources),
+        validate_formats=True,
     )
 
 
@@ -237,6 +258,11 @@ def _sorted_unique(errors: Iterable[FieldError]) -> list[FieldError]:
 
 def validate_against(schema_name: str, obj: Any) -> list[FieldError]:
     """Check ``obj`` against ``schemas/<schema_name>.json``; ``[]`` when it is valid."""
+    try:
+        if _fast_validator(schema_name).is_valid(obj):
+            return []
+    except (ValueError, TypeError, OverflowError):
+        pass  # e.g. NaN or a huge integer: let the Python validator describe it
     found: list[FieldError] = []
     # Say each problem once: a value not even written right fails its pattern and its
     # format, and half a pair (lat without lon) fails dependentRequired and the anyOf.

@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import re
 import unicodedata
+from functools import lru_cache
 from collections.abc import Mapping
 from typing import Any
 
@@ -31,6 +32,7 @@ class IdentityError(ValueError):
         self.reason = reason
 
 
+@lru_cache(maxsize=65_536)
 def normalise_phone(raw: str, region: str = DEFAULT_REGION) -> str:
     """Return the phone number in E.164 (``+447412345678``).
 

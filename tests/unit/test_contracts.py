@@ -373,3 +373,29 @@ def test_field_error_reads_as_field_colon_reason() -> None:
     assert str(FieldError("caller.phone", "expected a valid phone number")) == (
         "caller.phone: expected a valid phone number"
     )
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [case[1] for case in BAD_RECORDS],
+    ids=[case[0] for case in BAD_RECORDS],
+)
+def test_fast_and_explaining_validators_agree_on_schema_errors(mutate: Mutation) -> None:
+    """The jsonschema-rs fast path may only answer "valid" where the Python validator would.
+
+    Semantic checks (times, phone) run after both; here only the schema verdicts matter.
+    """
+    from asvat.contracts import _fast_validator, _validator
+
+    event = valid_event()
+    mutate(event)
+    slow_valid = not list(_validator("incident.v1").iter_errors(event))
+    assert _fast_validator("incident.v1").is_valid(event) == slow_valid
+
+
+@pytest.mark.parametrize("path", INPUT_EXAMPLES + TOPIC_EXAMPLES, ids=lambda p: p.name)
+def test_fast_validator_accepts_every_example(path: Path) -> None:
+    from asvat.contracts import _fast_validator
+
+    name = "incident.v1" if path.parent.name == "incident.v1" else "incident.pseudonymised.v1"
+    assert _fast_validator(name).is_valid(load(path))
