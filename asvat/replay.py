@@ -100,7 +100,7 @@ def replay(
     skip_invalid: bool = False,
     progress: bool = True,
     max_errors_shown: int = 20,
-    err: IO[str] = sys.stderr,
+    err: IO[str] | None = None,
 ) -> tuple[int, ReplaySummary]:
     """Replay ``source`` into ``destination``. Returns the exit code and a summary.
 
@@ -108,6 +108,7 @@ def replay(
     output is still written, so the valid part can be inspected, and every bad line is
     listed with its number and reason).
     """
+    err = err if err is not None else sys.stderr
     engine = DetectionEngine(policy)
     summary = ReplaySummary()
     now_us = now_micros()
@@ -155,7 +156,8 @@ def replay(
     with tmp.open("w", encoding="utf-8") as out:
         for incident_id in sorted(final):
             assessment = final[incident_id]
-            out.write(json.dumps(assessment.content(), separators=(",", ":"), ensure_ascii=False))
+            line = {"assessment_id": assessment.assessment_id, **assessment.content()}
+            out.write(json.dumps(line, separators=(",", ":"), ensure_ascii=False))
             out.write("\n")
             summary.rules_met.update(assessment.rules_met)
     tmp.replace(destination)

@@ -11,8 +11,8 @@ import hashlib
 import hmac
 import re
 import unicodedata
-from functools import lru_cache
 from collections.abc import Mapping
+from functools import lru_cache
 from typing import Any
 
 import phonenumbers
@@ -32,7 +32,9 @@ class IdentityError(ValueError):
         self.reason = reason
 
 
-@lru_cache(maxsize=65_536)
+_PLAIN_NUMBER = re.compile(r"^\+?[\d\s().-]+$")
+
+
 def normalise_phone(raw: str, region: str = DEFAULT_REGION) -> str:
     """Return the phone number in E.164 (``+447412345678``).
 
@@ -41,20 +43,45 @@ def normalise_phone(raw: str, region: str = DEFAULT_REGION) -> str:
     national number.
     """
     text = str(raw).strip()
+    # Fast path: the spellings of one number usually differ only in spacing, a leading 0
+    # (GB's national prefix) or "+"/"00". Bring them to one +CC form first, so the
+    # expensive validation below runs once per number, not once per spelling.
+    if region == "GB" and _PLAIN_NUMBER.match(text):
+        digits = re.sub(r"\D", "", text)
+        if text.startswith("+"):
+            canonical = "+" + digits
+        elif digits.startswith("00"):
+            canonical = "+" + digits[2:]
+        elif digits.startswith("0"):
+            canonical = "+44" + digits[1:]
+        else:
+            canonical = "+" + digits
+        found = _valid_e164(canonical, region)
+        if found is not None:
+            return found
     candidates = [text]
     digits = re.sub(r"\D", "", text)
     if not text.startswith("+") and not text.startswith("0") and digits:
         candidates.append("+" + digits)
     for candidate in candidates:
-        try:
-            number = phonenumbers.parse(candidate, region)
-        except phonenumbers.NumberParseException:
-            continue
-        if phonenumbers.is_valid_number(number):
-            return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+        found = _valid_e164(candidate, region)
+        if found is not None:
+            return found
     raise IdentityError(
         "caller.phone", f"expected a valid phone number, got {len(text)} characters"
     )
+
+
+@lru_cache(maxsize=131_072)
+def _valid_e164(candidate: str, region: str) -> str | None:
+    """E.164 form of ``candidate`` if phonenumbers calls it a valid number, else None."""
+    try:
+        number = phonenumbers.parse(candidate, region)
+    except phonenumbers.NumberParseException:
+        return None
+    if not phonenumbers.is_valid_number(number):
+        return None
+    return str(phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164))
 
 
 def normalise_name(raw: str) -> str:

@@ -17,10 +17,12 @@ from __future__ import annotations
 import json
 import logging
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
 import faust
+from faust.streams import _current_event
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from asvat.domain.engine import DetectionEngine, Outcome
@@ -87,6 +89,18 @@ class DetectorState:
     restored: bool = False
     started_at: float = field(default_factory=time.time)
     last_progress: float = field(default_factory=time.time)
+
+
+def _make_current(event: Any) -> None:
+    """Make ``event`` faust's current event in this task only.
+
+    ``take_events`` yields a batch without setting faust's current event, but the RocksDB
+    store and the changelog need it to know which partition a table write belongs to. Only
+    the context variable is set: the stream's ``current_event`` attribute is read by the
+    background task that fills the next batch, and overwriting it there swaps events
+    (found by the live-equals-replay end-to-end test).
+    """
+    _current_event.set(weakref.ref(event))
 
 
 def _decode(raw: bytes) -> IncidentEvent:
@@ -199,9 +213,7 @@ def create_app(
                 restore()
             started = time.perf_counter()
             for message_event in batch:
-                # take_events does not set faust's current event; the RocksDB store and the
-                # changelog need it to know the partition a table write belongs to.
-                stream._set_current_event(message_event)
+                _make_current(message_event)
                 raw = message_event.value
                 try:
                     event = _decode(raw)

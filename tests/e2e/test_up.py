@@ -252,6 +252,63 @@ def test_port_in_use_gives_one_line_naming_it(tmp_path: Path) -> None:
     assert port_free(ports["broker"]), "nothing may be left running"
 
 
+def test_live_assessments_equal_the_offline_replay(system: System, tmp_path: Path) -> None:
+    """Real data through the live pipeline (4 partitions, so arrival order differs from
+    posting order) ends with exactly the assessments `asvat replay` computes offline."""
+    from datetime import UTC, datetime
+
+    from asvat.demo import feed, northumbria_incidents
+
+    events = northumbria_incidents(seed=11, limit=400, shift_to=datetime.now(tz=UTC))
+    assert feed(system.ingest, events, rate_per_s=2000, batch=100, log=lambda _: None) == len(
+        events
+    )
+    source = tmp_path / "events.jsonl"
+    source.write_text("".join(json.dumps(e) + "\n" for e in events))
+    output = tmp_path / "replay.jsonl"
+    env = system_env(system.data_dir, system.ports)  # same data dir: the same HMAC key
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "asvat",
+            "replay",
+            "--input",
+            str(source),
+            "--output",
+            str(output),
+            "--no-progress",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    expected = {a["incident_id"]: a for a in map(json.loads, output.read_text().splitlines())}
+    assert len(expected) > 300
+
+    mismatches: list[str] = []
+
+    def live_matches() -> bool:
+        mismatches.clear()
+        for incident_id, offline in expected.items():
+            status, live = http("GET", f"{system.api}/v1/incidents/{incident_id}/assessment")
+            if status != 200 or live["assessment_id"] != offline["assessment_id"]:
+                mismatches.append(f"{incident_id}: live {status} {live}\n  offline {offline}")
+        return not mismatches
+
+    try:
+        wait_for(live_matches, 90, "every live assessment to equal the replay's")
+    except AssertionError:
+        raise AssertionError(
+            f"{len(mismatches)} incidents differ, e.g.\n" + "\n".join(mismatches[:3])
+        ) from None
+    for incident_id, offline in list(expected.items())[:50]:
+        _, live = http("GET", f"{system.api}/v1/incidents/{incident_id}/assessment")
+        assert {k: v for k, v in live.items() if k not in ("schema", "assessed_at")} == offline
+
+
 def test_sigterm_stops_everything_and_frees_every_port(system: System) -> None:
     """Runs last in this module (pytest keeps file order): it stops the shared system."""
     child_pids = _descendants(system.process.pid)
