@@ -25,8 +25,9 @@ from prometheus_client import (
 )
 from starlette.concurrency import run_in_threadpool
 
-from asvat.contracts import validate_incident
+from asvat.contracts import FieldError, validate_incident
 from asvat.domain.identity import pseudonymise_event
+from asvat.domain.policy import Policy
 from asvat.domain.timeutil import MICROS_PER_SECOND, format_timestamp, now_micros
 from asvat.keys import load_hmac_key
 from asvat.settings import Settings
@@ -196,8 +197,27 @@ def _event_ids(records: list[dict[str, Any]]) -> str:
     return shown + (f" and {len(ids) - 20} more" if len(ids) > 20 else "")
 
 
-def create_app(settings: Settings, publisher: Publisher) -> FastAPI:
-    """The ingest app; ``publisher`` is where pseudonymised records go (closed by the caller)."""
+def policy_code_errors(record: Any, policy: Policy | None) -> list[FieldError]:
+    """Codes the policy does not list, when it rejects unknown codes (``unknown_code``)."""
+    if policy is None or policy.unknown_code != "reject" or not isinstance(record, dict):
+        return []
+    errors = []
+    for field in ("opening_code", "closing_code"):
+        code = record.get(field)
+        if isinstance(code, str) and code and policy.classify(code) is None:
+            known = ", ".join(sorted(policy.codes))
+            errors.append(
+                FieldError(field, f"expected one of the policy's codes ({known}), got {code!r}")
+            )
+    return errors
+
+
+def create_app(settings: Settings, publisher: Publisher, policy: Policy | None = None) -> FastAPI:
+    """The ingest app; ``publisher`` is where pseudonymised records go (closed by the caller).
+
+    With a ``policy`` whose ``unknown_code`` is ``reject``, a code it does not list is a bad
+    record (422), so that it is refused at the door rather than set aside by the worker.
+    """
     key, key_id = load_hmac_key(settings)
     future_skew_us = settings.future_skew_seconds * MICROS_PER_SECOND
     metrics = IngestMetrics()
@@ -244,6 +264,7 @@ def create_app(settings: Settings, publisher: Publisher) -> FastAPI:
         invalid = 0
         for index, record in enumerate(records):
             problems = validate_incident(record, now_us=now_us, future_skew_us=future_skew_us)
+            problems += policy_code_errors(record, policy)
             if problems:
                 invalid += 1
                 errors.extend(

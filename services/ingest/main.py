@@ -28,8 +28,7 @@ log = logging.getLogger("asvat.ingest")
 def run(settings: Settings, policy: Policy | None = None) -> int:
     """Serve until stopped (SIGINT/SIGTERM). Returns the exit code: 1 on a start-up problem.
 
-    ``policy`` is accepted for symmetry with the other commands; ingest checks the contract
-    only, and codes are the worker's business.
+    With a ``policy`` that rejects unknown codes, ingest refuses them with 422.
     """
     if not logging.getLogger().handlers:
         logging.basicConfig(
@@ -44,7 +43,7 @@ def run(settings: Settings, policy: Policy | None = None) -> int:
             partitions=settings.topic_partitions,
             timeout=settings.publish_timeout_seconds,
         )
-        app = create_app(settings, publisher)
+        app = create_app(settings, publisher, policy)
     except (PortInUseError, HmacKeyError, ValueError) as exc:
         print(f"asvat ingest: {exc}", file=sys.stderr)
         return 1

@@ -186,6 +186,54 @@ def test_a_bad_record_in_a_batch_rejects_the_whole_batch(system: System) -> None
     assert status == 404  # nothing of the batch was published
 
 
+def test_unknown_code_is_refused_at_ingest_naming_the_field(system: System) -> None:
+    record = dict(incident(20, "07412 345678", 5), opening_code="ZZZ9")
+    status, body = http("POST", f"{system.ingest}/v1/incidents", record)
+    assert status == 422
+    assert [e["field"] for e in body["errors"]] == ["opening_code"]
+    assert "ZZZ9" in body["errors"][0]["reason"] and "ASBP" in body["errors"][0]["reason"]
+
+
+def test_an_event_beyond_max_lateness_goes_to_the_late_topic_with_its_reason(
+    system: System,
+) -> None:
+    # The escalation test's incidents occurred in October 2026; the default max_lateness is
+    # 400 days, so an incident of August 2025 is late once those have been applied.
+    wait_for(
+        lambda: http("GET", f"{system.api}/v1/incidents/E2E-2/assessment")[0] == 200,
+        60,
+        "the October incidents to be applied",
+    )
+    late = dict(
+        incident(30, "07412 345678", 1),
+        occurred_at="2025-08-01T10:00:00Z",
+        reported_at="2025-08-01T10:30:00Z",
+    )
+    status, _ = http("POST", f"{system.ingest}/v1/incidents", late)
+    assert status == 202  # valid input: lateness is the worker's judgement, not ingest's
+
+    def late_message() -> dict[str, Any] | None:
+        consumer = KafkaConsumer(
+            "asvat.incidents.late.v1",
+            bootstrap_servers=system.bootstrap,
+            auto_offset_reset="earliest",
+            consumer_timeout_ms=2000,
+        )
+        found = [json.loads(m.value) for m in consumer if b"E2E-30" in m.value]
+        consumer.close()
+        return found[0] if found else None
+
+    message = wait_for(late_message, 60, "the late event on asvat.incidents.late.v1")
+    assert message["kind"] == "late"
+    assert "max_lateness" in message["reason"]
+    assert message["event"]["incident_id"] == "E2E-30"
+    assert "caller" not in message["event"]
+    from asvat.contracts import validate_against
+
+    assert validate_against("late-incident.v1", message) == []
+    assert http("GET", f"{system.api}/v1/incidents/E2E-30/assessment")[0] == 404
+
+
 def _all_topic_bytes(bootstrap: str) -> bytes:
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, consumer_timeout_ms=3000)
     partitions = [
