@@ -186,9 +186,12 @@ def _watch_escalations(api: str, out: IO[str], stop: threading.Event) -> None:
             if item["escalation_id"] in seen:
                 continue
             seen.add(item["escalation_id"])
+            subject = item["subject_key"]
+            if item["subject_type"] == "victim":
+                subject = subject[:16]  # a pseudonym; the prefix is enough to tell them apart
             print(
                 f"ESCALATION {item['rule_id']}: {item['subject_type']} "
-                f"{item['subject_key'][:16]} incident {item['incident_id']} "
+                f"{subject} incident {item['incident_id']} "
                 f"({len(item['contributing_incident_ids'])} incidents)",
                 file=out,
                 flush=True,
@@ -206,6 +209,7 @@ def run_up(settings: Settings, *, policy_path: Path | None, demo: bool, demo_rat
     signal.signal(signal.SIGINT, on_signal)
     code = 0
     threads: list[threading.Thread] = []
+    started = time.monotonic()
     try:
         supervisor.start()
         if not supervisor.wait_ready() and not stop_requested.is_set():
@@ -218,7 +222,7 @@ def run_up(settings: Settings, *, policy_path: Path | None, demo: bool, demo_rat
         api = f"http://{s.api_host}:{s.api_port}"
         ingest = f"http://{s.ingest_host}:{s.ingest_port}"
         supervisor.say(
-            f"\nASVAT is up.\n  API:     {api}/v1/escalations  (docs {api}/docs)\n"
+            f"\nASVAT is up ({time.monotonic() - started:.1f} s).\n  API:     {api}/v1/escalations  (docs {api}/docs)\n"
             f"  Ingest:  {ingest}/v1/incidents\n"
             f"  Worker:  http://{s.worker_host}:{s.worker_port}/readyz\n"
             f"  Metrics: {api}/metrics {ingest}/metrics http://{s.worker_host}:{s.worker_port}/metrics\n"
