@@ -212,8 +212,8 @@ def create_app(
             if not state.restored:
                 restore()
             started = time.perf_counter()
+            applied: list[tuple[Any, bytes, bytes]] = []
             for message_event in batch:
-                _make_current(message_event)
                 raw = message_event.value
                 try:
                     event = _decode(raw)
@@ -255,11 +255,20 @@ def create_app(
                     metrics.events.labels("superseded").inc()
                     continue
                 if outcome.not_applied is None:
-                    records[event.incident_id.encode()] = raw
+                    applied.append((message_event, event.incident_id.encode(), raw))
                     metrics.events.labels("applied").inc()
                 else:
                     metrics.events.labels(outcome.not_applied.kind).inc()
                 await publish(outcome, raw, event)
+            # Outputs first, then the state that produced them: once a record is stored, a
+            # redelivery of its event is a duplicate and issues nothing, so whatever that
+            # event issued must already be acknowledged by the broker. A worker killed in
+            # between re-applies the event after restart and re-issues (consumers are
+            # idempotent on assessment_id and escalation_id).
+            await app.producer.flush()
+            for message_event, key, raw in applied:
+                _make_current(message_event)
+                records[key] = raw
             metrics.batch_seconds.observe(time.perf_counter() - started)
             metrics.retained.set(state.engine.retained_incidents)
             metrics.last_batch.set(time.time())
