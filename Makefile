@@ -22,7 +22,7 @@ run: setup
 	$(BIN)/asvat up --demo
 
 test: setup
-	$(BIN)/ruff check asvat services tests bench
+	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/python -m pytest tests
 

@@ -222,7 +222,8 @@ def run_up(settings: Settings, *, policy_path: Path | None, demo: bool, demo_rat
         api = f"http://{s.api_host}:{s.api_port}"
         ingest = f"http://{s.ingest_host}:{s.ingest_port}"
         supervisor.say(
-            f"\nASVAT is up ({time.monotonic() - started:.1f} s).\n  API:     {api}/v1/escalations  (docs {api}/docs)\n"
+            f"\nASVAT is up ({time.monotonic() - started:.1f} s).\n"
+            f"  API:     {api}/v1/escalations  (docs {api}/docs)\n"
             f"  Ingest:  {ingest}/v1/incidents\n"
             f"  Worker:  http://{s.worker_host}:{s.worker_port}/readyz\n"
             f"  Metrics: {api}/metrics {ingest}/metrics http://{s.worker_host}:{s.worker_port}/metrics\n"
