@@ -21,15 +21,22 @@ Events more than ``max_lateness`` behind the newest occurrence time seen are not
 (they are returned as :class:`NotApplied` for the late topic). Incidents older than the
 longest window plus ``max_lateness`` behind that newest time can no longer affect or be
 affected by any event that will be applied, so they are pruned a day at a time.
+
+Cost (``bench/engine.py`` measures it): ``apply`` runs once per incident event, so it looks
+a subject's timeline and grid cells up once per event, uses no generators, and builds an
+:class:`Assessment` only when it is issued (whether it changed is decided on a hash of the
+counts and ids). Memory is kept per retained incident: a record holds only what the rules
+read (the event holds the rest), and a victim's timeline, of which there are many and most
+short, is a single list searched with ``bisect``'s ``key``.
 """
 
 from __future__ import annotations
 
-from bisect import bisect_left, bisect_right
+from bisect import bisect_left, bisect_right, insort_right
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from math import floor
-from typing import TypeVar
+from operator import attrgetter
 
 from asvat.domain.assessment import Assessment, Escalation, NotApplied
 from asvat.domain.incident import IncidentEvent
@@ -38,37 +45,66 @@ from asvat.domain.policy import CodeClass, Policy, Rule
 from asvat.domain.timeutil import format_timestamp
 
 DAY = 86_400 * 1_000_000
-
-K = TypeVar("K", tuple[int, int], str)
+#: Fingerprints are kept below 2**60: such an int takes 32 bytes, a full 64-bit hash 48.
+_FINGERPRINT_BITS = (1 << 60) - 1
 
 
 class _Record:
     """The current record of one incident, reduced to what the rules need."""
 
-    __slots__ = (
-        "active",
-        "cls",
-        "eligible",
-        "event",
-        "fingerprint",
-        "incident_id",
-        "location_key",
-        "place",
-        "t",
-        "victim_key",
-    )
+    __slots__ = ("active", "cls", "eligible", "event", "fingerprint", "place")
 
     def __init__(self, event: IncidentEvent, cls: CodeClass, active: bool, eligible: int) -> None:
         self.event = event
-        self.incident_id = event.incident_id
-        self.t = event.occurred_at
+        self.place = event.place
         self.cls = cls
         self.active = active
         self.eligible = eligible  # bit r set: counts for rule r (max_report_delay)
-        self.victim_key = event.victim_key
-        self.place = event.place
-        self.location_key = location_key(event.place)
-        self.fingerprint = 0  # of the assessment last issued; 0 = none yet
+        # Hash of the counts and contributing ids last issued; 0 = none issued since this
+        # record became the incident's current one (so it is issued, see ``apply``).
+        self.fingerprint = 0
+
+
+#: The sort key of a victim's timeline (a plain list of records, see the module docstring).
+_victim_time = attrgetter("event.occurred_at")
+
+
+class _Timeline:
+    """Records of one place subject (a grid cell or a UPRN), sorted by occurrence time.
+
+    The times are kept beside the records so that ``bisect`` compares plain ints: a grid
+    cell is searched several times per event.
+    """
+
+    __slots__ = ("items", "times")
+
+    def __init__(self) -> None:
+        self.times: list[int] = []
+        self.items: list[_Record] = []
+
+    def add(self, record: _Record) -> None:
+        t = record.event.occurred_at
+        index = bisect_right(self.times, t)
+        self.times.insert(index, t)
+        self.items.insert(index, record)
+
+    def remove(self, record: _Record) -> None:
+        index = bisect_left(self.times, record.event.occurred_at)
+        items = self.items
+        while items[index] is not record:
+            index += 1
+        del self.times[index]
+        del items[index]
+
+    def __len__(self) -> int:
+        return len(self.times)
+
+    def ends_with(self, record: _Record, t: int) -> bool:
+        """Whether no record but ``record`` has occurrence time ``t`` or later."""
+        times = self.times
+        if times[-1] < t:
+            return True
+        return self.items[-1] is record and (len(times) == 1 or times[-2] < t)
 
 
 def location_key(place: Place | None) -> str | None:
@@ -80,46 +116,17 @@ def location_key(place: Place | None) -> str | None:
     return f"bng:{floor(place.easting)}:{floor(place.northing)}"
 
 
-class _Timeline:
-    """Records of one subject, sorted by occurrence time."""
+@dataclass(frozen=True, slots=True)
+class _RulePlan:
+    """One rule with what evaluating it needs at hand."""
 
-    __slots__ = ("items", "times")
-
-    def __init__(self) -> None:
-        self.times: list[int] = []
-        self.items: list[_Record] = []
-
-    def add(self, record: _Record) -> None:
-        index = bisect_right(self.times, record.t)
-        self.times.insert(index, record.t)
-        self.items.insert(index, record)
-
-    def remove(self, record: _Record) -> None:
-        index = bisect_left(self.times, record.t)
-        items = self.items
-        while items[index] is not record:
-            index += 1
-        del self.times[index]
-        del items[index]
-
-    def window(self, start: int, end: int) -> list[_Record]:
-        """Records with ``start < t <= end`` (the window ending at ``end``)."""
-        times = self.times
-        return self.items[bisect_right(times, start) : bisect_right(times, end)]
-
-    def reach(self, start: int, end: int) -> list[_Record]:
-        """Records with ``start <= t < end`` (those whose window holds ``start``)."""
-        times = self.times
-        return self.items[bisect_left(times, start) : bisect_left(times, end)]
-
-    def prune(self, horizon: int) -> None:
-        cut = bisect_left(self.times, horizon)
-        if cut:
-            del self.times[:cut]
-            del self.items[:cut]
-
-    def __len__(self) -> int:
-        return len(self.times)
+    id: str
+    victim: bool
+    window: int
+    threshold: int
+    mask: int  # the rule's bit in ``_Record.eligible``
+    filtered: bool  # has a max_report_delay: only records with the bit set count
+    r2: float  # radius squared (location rules)
 
 
 @dataclass(slots=True)
@@ -136,22 +143,62 @@ class Outcome:
 class DetectionEngine:
     """Applies incident events and keeps every incident's assessment current."""
 
-    def __init__(self, policy: Policy) -> None:
+    def __init__(self, policy: Policy, *, forget: bool = True) -> None:
+        """``forget``: prune incidents past the retention (the live worker). Offline
+        replays pass False, so that every incident's final assessment can be given however
+        long the history; memory then grows with it."""
         self.policy = policy
+        self._forget = forget
         self._rules: tuple[Rule, ...] = policy.rules
         self._rule_ids = tuple(r.id for r in policy.rules)
+        # Every rule at 0, in rule order: copied to start each evaluation's rule_counts.
+        self._no_counts = dict.fromkeys(self._rule_ids, 0)
+        self._plans = tuple(
+            _RulePlan(
+                id=r.id,
+                victim=r.subject == "victim",
+                window=r.window,
+                threshold=r.threshold,
+                mask=1 << n,
+                filtered=r.max_report_delay is not None,
+                r2=(r.radius_m or 0.0) * (r.radius_m or 0.0),
+            )
+            for n, r in enumerate(policy.rules)
+        )
+        # Rules without max_report_delay count every incident: their bits are always set.
+        self._always_eligible = sum(
+            1 << n for n, r in enumerate(policy.rules) if r.max_report_delay is None
+        )
+        self._delay_limits = tuple(
+            (1 << n, r.max_report_delay)
+            for n, r in enumerate(policy.rules)
+            if r.max_report_delay is not None
+        )
+        self._by_victim = bool(policy.victim_rules)
+        self._by_place = bool(policy.location_rules)
+        self._codes = policy.codes
+        self._scope = policy.scope
         self._max_lateness = policy.max_lateness
         self._retention = policy.longest_window + policy.max_lateness
         self._cell = 2.0 * policy.max_radius_m if policy.location_rules else 0.0
+        self._max_radius = policy.max_radius_m
         self._records: dict[str, _Record] = {}
-        self._victims: dict[str, _Timeline] = {}
+        self._victims: dict[str, list[_Record]] = {}
         self._cells: dict[tuple[int, int], _Timeline] = {}
         self._uprns: dict[str, _Timeline] = {}
         self._raised: dict[tuple[str, str], set[str]] = {}
         self._raised_seen: dict[tuple[str, str], int] = {}
-        self._days: dict[int, list[_Record]] = {}
+        # Subjects by the day their ``_raised_seen`` was last moved into: pruning reads
+        # only the days it passes, not every subject ever raised.
+        self._raised_days: dict[int, list[tuple[str, str]]] = {}
+        # Incident ids by the day of their current record's occurrence, for pruning. Ids, not
+        # records: a superseded record must not stay in memory until its day is pruned.
+        self._days: dict[int, list[str]] = {}
+        self._first_day: int | None = None
         self._watermark: int | None = None
         self._pruned_before_day: int | None = None
+        # The watermark from which _prune has a day to forget (None: not known yet).
+        self._prune_from: int | None = None
 
     # -- public API -----------------------------------------------------------------------
 
@@ -168,10 +215,11 @@ class DetectionEngine:
         """Apply one event; return the assessments and escalations it changed."""
         outcome = Outcome()
         watermark = self._watermark
-        if watermark is not None and event.occurred_at < watermark - self._max_lateness:
+        t = event.occurred_at
+        if watermark is not None and t < watermark - self._max_lateness:
             outcome.not_applied = NotApplied(
                 reason=(
-                    f"occurred_at {format_timestamp(event.occurred_at)} is more than the "
+                    f"occurred_at {format_timestamp(t)} is more than the "
                     f"policy's max_lateness behind the newest occurrence time seen "
                     f"({format_timestamp(watermark)})"
                 ),
@@ -179,15 +227,17 @@ class DetectionEngine:
                 watermark=watermark,
             )
             return outcome
-        cls = self.policy.classify(event.code)
+        code = event.closing_code or event.opening_code  # IncidentEvent.code, inlined
+        cls = self._codes.get(code) or self.policy.classify(code)
         if cls is None:
             outcome.not_applied = NotApplied(
-                reason=f"code {event.code!r} is not in the policy's codes (unknown_code: reject)",
+                reason=f"code {code!r} is not in the policy's codes (unknown_code: reject)",
                 kind="rejected",
                 watermark=watermark,
             )
             return outcome
-        old = self._records.get(event.incident_id)
+        incident_id = event.incident_id
+        old = self._records.get(incident_id)
         if old is not None and not event.supersedes(old.event):
             if event.event_id == old.event.event_id:
                 outcome.duplicate = True
@@ -195,35 +245,67 @@ class DetectionEngine:
                 outcome.superseded = True
             return outcome
 
-        new = self._make_record(event, cls)
-        self._records[event.incident_id] = new
-        self._days.setdefault(new.t // DAY, []).append(new)
-        if old is not None:
-            new.fingerprint = old.fingerprint
-            if old.active:
-                self._unindex(old)
-        if new.active:
-            self._index(new)
-
-        affected: dict[str, _Record] = {new.incident_id: new}
+        eligible = self._always_eligible
+        if self._delay_limits:
+            delay = event.reported_at - t
+            for bit, max_delay in self._delay_limits:
+                if delay <= max_delay:
+                    eligible |= bit
+        active = event.event_type != "cancelled" and cls.cls in self._scope
+        new = _Record(event, cls, active, eligible)
+        self._records[incident_id] = new
+        day = t // DAY
+        on_day = self._days.get(day)
+        if on_day is None:
+            self._days[day] = [incident_id]
+            if self._first_day is None or day < self._first_day:
+                self._first_day = day
+                self._prune_from = None
+        elif old is None or old.event.occurred_at // DAY != day:
+            on_day.append(incident_id)
+        # The changed incident's own assessment is always re-issued (new.fingerprint is 0):
+        # fields outside the windows (vulnerability, codes, description) feed its risk and
+        # integrity checks, which the detector adds to it.
         if old is not None and old.active:
-            self._collect_affected(old, affected)
-        if new.active:
-            self._collect_affected(new, affected)
-        for record in affected.values():
-            self._reassess(record, outcome)
+            self._unindex(old)
+        new_cells = None
+        if active:
+            self._index(new)
+            new_cells = self._cells_near(new.place)
 
-        if watermark is None or event.occurred_at > watermark:
-            self._watermark = event.occurred_at
-            self._prune()
+        # Keyed by record (one current record per incident), in the order first reached.
+        affected: dict[_Record, None] = {new: None}
+        if old is not None and old.active:
+            self._collect_affected(old, self._cells_near(old.place), affected)
+        if new_cells is not None and not self._is_newest(new, new_cells):
+            self._collect_affected(new, new_cells, affected)
+        for record in affected:
+            self._reassess(record, new_cells if record is new else None, outcome)
+
+        if watermark is None or t > watermark:
+            self._watermark = t
+            if self._forget and (self._prune_from is None or t >= self._prune_from):
+                self._prune()
         return outcome
 
     def final_assessments(self) -> dict[str, Assessment]:
-        """The current assessment of every active (in-scope, not cancelled) incident."""
+        """The current assessment of every active (in-scope, not cancelled) incident.
+
+        An engine that forgets gives only the *open* incidents: those within
+        ``max_lateness`` of the watermark, which an event can still change. Older ones are
+        settled: their last issued assessment is final, and recomputing it here could miss
+        incidents already forgotten from their windows.
+        """
+        records = self._records.items()
+        if self._forget and self._watermark is not None:
+            open_from = self._watermark - self._max_lateness
+            return {
+                incident_id: self._assess(record)
+                for incident_id, record in records
+                if record.active and record.event.occurred_at >= open_from
+            }
         return {
-            incident_id: self._assess(record)
-            for incident_id, record in self._records.items()
-            if record.active
+            incident_id: self._assess(record) for incident_id, record in records if record.active
         }
 
     def assessment(self, incident_id: str) -> Assessment | None:
@@ -233,6 +315,29 @@ class DetectionEngine:
     def current_events(self) -> Iterator[IncidentEvent]:
         """The current record of every retained incident (for snapshots)."""
         return (record.event for record in self._records.values())
+
+    def current_event(self, incident_id: str) -> IncidentEvent | None:
+        """The current record of a retained incident."""
+        record = self._records.get(incident_id)
+        return None if record is None else record.event
+
+    def victim_incidents(self, victim_key: str, start: int, end: int) -> list[IncidentEvent]:
+        """Active incidents of a victim with occurrence time in ``(start, end]``."""
+        victim = self._victims.get(victim_key, [])
+        first = bisect_right(victim, start, key=_victim_time)
+        last = bisect_right(victim, end, key=_victim_time)
+        return [record.event for record in victim[first:last]]
+
+    def incidents_near(
+        self, place: Place, radius_m: float, start: int, end: int
+    ) -> list[IncidentEvent]:
+        """Active incidents within ``radius_m`` of ``place`` (at most the policy's largest
+        location radius) or at its UPRN, with occurrence time in ``(start, end]``."""
+        if radius_m > self._max_radius:
+            raise ValueError(f"radius {radius_m} m exceeds the largest rule radius")
+        cells = self._cells_near(place)
+        found = self._same_place(place, cells, radius_m * radius_m, start, end, reach=False)
+        return [record.event for record in found]
 
     def restore(self, events: Iterable[IncidentEvent]) -> None:
         """Rebuild state from current records without issuing anything.
@@ -247,24 +352,18 @@ class DetectionEngine:
 
     # -- internals ------------------------------------------------------------------------
 
-    def _make_record(self, event: IncidentEvent, cls: CodeClass) -> _Record:
-        active = not event.cancelled and cls.cls in self.policy.scope
-        eligible = 0
-        delay = event.reported_at - event.occurred_at
-        for bit, rule in enumerate(self._rules):
-            if rule.max_report_delay is None or delay <= rule.max_report_delay:
-                eligible |= 1 << bit
-        return _Record(event, cls, active, eligible)
-
-    def _cells_near(self, place: Place, radius: float) -> list[_Timeline]:
+    def _cells_near(self, place: Place | None) -> list[_Timeline]:
+        """The cell timelines that a disc of the largest radius around ``place`` touches."""
+        if place is None or not self._by_place:
+            return []
         size = self._cell
-        x0 = floor((place.easting - radius) / size)
-        x1 = floor((place.easting + radius) / size)
-        y0 = floor((place.northing - radius) / size)
-        y1 = floor((place.northing + radius) / size)
+        radius = self._max_radius
+        x, y = place.easting, place.northing
+        y0 = floor((y - radius) / size)
+        y1 = floor((y + radius) / size)
         cells = self._cells
         found = []
-        for cx in range(x0, x1 + 1):
+        for cx in range(floor((x - radius) / size), floor((x + radius) / size) + 1):
             for cy in range(y0, y1 + 1):
                 timeline = cells.get((cx, cy))
                 if timeline is not None:
@@ -272,13 +371,15 @@ class DetectionEngine:
         return found
 
     def _index(self, record: _Record) -> None:
-        if record.victim_key is not None and self.policy.victim_rules:
-            timeline = self._victims.get(record.victim_key)
-            if timeline is None:
-                timeline = self._victims[record.victim_key] = _Timeline()
-            timeline.add(record)
+        victim_key = record.event.victim_key
+        if victim_key is not None and self._by_victim:
+            victim = self._victims.get(victim_key)
+            if victim is None:
+                self._victims[victim_key] = [record]
+            else:
+                insort_right(victim, record, key=_victim_time)
         place = record.place
-        if place is not None and self.policy.location_rules:
+        if place is not None and self._by_place:
             cell = place.cell(self._cell)
             timeline = self._cells.get(cell)
             if timeline is None:
@@ -291,149 +392,210 @@ class DetectionEngine:
                 timeline.add(record)
 
     def _unindex(self, record: _Record) -> None:
-        if record.victim_key is not None and self.policy.victim_rules:
-            self._remove_from(self._victims, record.victim_key, record)
+        victim_key = record.event.victim_key
+        if victim_key is not None and self._by_victim:
+            victim = self._victims[victim_key]
+            index = bisect_left(victim, record.event.occurred_at, key=_victim_time)
+            while victim[index] is not record:
+                index += 1
+            del victim[index]
+            if not victim:
+                del self._victims[victim_key]
         place = record.place
-        if place is not None and self.policy.location_rules:
-            self._remove_from(self._cells, place.cell(self._cell), record)
+        if place is not None and self._by_place:
+            cell = place.cell(self._cell)
+            timeline = self._cells[cell]
+            timeline.remove(record)
+            if not timeline:
+                del self._cells[cell]
             if place.uprn is not None:
-                self._remove_from(self._uprns, place.uprn, record)
+                timeline = self._uprns[place.uprn]
+                timeline.remove(record)
+                if not timeline:
+                    del self._uprns[place.uprn]
 
-    @staticmethod
-    def _remove_from(index: dict[K, _Timeline], key: K, record: _Record) -> None:
-        timeline = index[key]
-        timeline.remove(record)
-        if not timeline:
-            del index[key]
+    def _is_newest(self, record: _Record, cells: list[_Timeline]) -> bool:
+        """Whether no other active record of ``record``'s subjects occurred at its time or
+        later: then no other window holds it, and ``_collect_affected`` would find only
+        ``record`` itself. This is the usual case when events come roughly in time order.
+        """
+        t = record.event.occurred_at
+        victim_key = record.event.victim_key
+        if victim_key is not None and self._by_victim:
+            victim = self._victims[victim_key]
+            if victim[-1] is not record or (len(victim) > 1 and victim[-2].event.occurred_at >= t):
+                return False
+        for timeline in cells:
+            if not timeline.ends_with(record, t):
+                return False
+        place = record.place
+        if place is not None and place.uprn is not None and self._by_place:
+            return self._uprns[place.uprn].ends_with(record, t)
+        return True
 
-    def _collect_affected(self, changed: _Record, into: dict[str, _Record]) -> None:
+    def _collect_affected(
+        self, changed: _Record, cells: list[_Timeline], into: dict[_Record, None]
+    ) -> None:
         """Add every active record whose window for some rule holds ``changed``."""
-        t = changed.t
-        for rule in self._rules:
-            end = t + rule.window
-            if rule.subject == "victim":
-                if changed.victim_key is None:
-                    continue
-                timeline = self._victims.get(changed.victim_key)
-                if timeline is not None:
-                    for record in timeline.reach(t, end):
-                        into[record.incident_id] = record
+        t = changed.event.occurred_at
+        victim = None
+        if self._by_victim and changed.event.victim_key is not None:
+            victim = self._victims.get(changed.event.victim_key)
+        for plan in self._plans:
+            end = t + plan.window
+            if plan.victim:
+                if victim is not None:
+                    # Records with t <= t_k < end: those whose window holds ``changed``.
+                    first = bisect_left(victim, t, key=_victim_time)
+                    last = bisect_left(victim, end, first, key=_victim_time)
+                    for index in range(first, last):
+                        into[victim[index]] = None
             else:
-                for record in self._near(changed.place, rule, t, end, reach=True):
-                    into[record.incident_id] = record
+                for record in self._same_place(changed.place, cells, plan.r2, t, end, reach=True):
+                    into[record] = None
 
-    def _near(
-        self, place: Place | None, rule: Rule, start: int, end: int, *, reach: bool
-    ) -> Iterator[_Record]:
-        """Active records at the same place as ``place`` under ``rule``, in a time range."""
+    def _same_place(
+        self,
+        place: Place | None,
+        cells: list[_Timeline],
+        r2: float,
+        start: int,
+        end: int,
+        *,
+        reach: bool,
+    ) -> list[_Record]:
+        """Active records at the same place as ``place`` under a location rule, in a time
+        range: the window ``(start, end]``, or with ``reach`` the range ``[start, end)``."""
+        found: list[_Record] = []
         if place is None:
-            return
-        radius = rule.radius_m or 0.0
-        r2 = radius * radius
+            return found
         x, y = place.easting, place.northing
-        uprn = place.uprn
-        for timeline in self._cells_near(place, radius):
-            records = timeline.reach(start, end) if reach else timeline.window(start, end)
-            for record in records:
+        search = bisect_left if reach else bisect_right
+        for timeline in cells:
+            times = timeline.times
+            first = search(times, start)
+            last = search(times, end, first)
+            if first == last:
+                continue
+            items = timeline.items
+            for index in range(first, last):
+                record = items[index]
                 other = record.place
                 assert other is not None
                 dx = other.easting - x
                 dy = other.northing - y
                 if dx * dx + dy * dy <= r2:
-                    yield record
+                    found.append(record)
+        uprn = place.uprn
         same_address = self._uprns.get(uprn) if uprn is not None else None
         if same_address is not None:
-            records = same_address.reach(start, end) if reach else same_address.window(start, end)
-            # Same UPRN but further than the radius: not yielded from the cells.
-            for record in records:
+            # Same UPRN but further than the radius: not found in the cells.
+            times = same_address.times
+            items = same_address.items
+            for index in range(search(times, start), search(times, end)):
+                record = items[index]
                 other = record.place
                 assert other is not None
                 dx = other.easting - x
                 dy = other.northing - y
                 if dx * dx + dy * dy > r2:
-                    yield record
+                    found.append(record)
+        return found
 
-    def _evaluate(self, record: _Record) -> tuple[tuple[int, ...], dict[str, tuple[str, ...]]]:
-        counts: list[int] = []
+    def _evaluate(
+        self, record: _Record, cells: list[_Timeline] | None
+    ) -> tuple[dict[str, int], dict[str, tuple[str, ...]]]:
+        """Per rule, how many incidents count towards ``record``'s, and for the rules met
+        their sorted ids (in rule order)."""
+        counts = dict(self._no_counts)
         contributing: dict[str, tuple[str, ...]] = {}
-        t = record.t
-        for bit, rule in enumerate(self._rules):
-            mask = 1 << bit
-            start = t - rule.window
-            ids: list[str]
-            if rule.subject == "victim":
-                timeline = (
-                    self._victims.get(record.victim_key) if record.victim_key is not None else None
-                )
-                if timeline is None:
-                    ids = []
-                else:
-                    ids = [r.incident_id for r in timeline.window(start, t) if r.eligible & mask]
+        t = record.event.occurred_at
+        victim = None
+        victim_end = 0
+        if self._by_victim and record.event.victim_key is not None:
+            victim = self._victims.get(record.event.victim_key)
+            if victim is not None:
+                victim_end = bisect_right(victim, t, key=_victim_time)
+        if cells is None:
+            cells = self._cells_near(record.place)
+        for plan in self._plans:
+            start = t - plan.window
+            if plan.victim:
+                if victim is None:
+                    continue
+                first = bisect_right(victim, start, 0, victim_end, key=_victim_time)
+                if not plan.filtered:  # count without building a list, unless it is met
+                    counts[plan.id] = victim_end - first
+                    if victim_end - first >= plan.threshold:
+                        ids = [r.event.incident_id for r in victim[first:victim_end]]
+                        contributing[plan.id] = tuple(sorted(ids))
+                    continue
+                counted = victim[first:victim_end]
             else:
-                seen = {
-                    r.incident_id
-                    for r in self._near(record.place, rule, start, t, reach=False)
-                    if r.eligible & mask
-                }
-                ids = list(seen)
-            counts.append(len(ids))
-            if len(ids) >= rule.threshold:
-                ids.sort()
-                contributing[rule.id] = tuple(ids)
-        return tuple(counts), contributing
+                counted = self._same_place(record.place, cells, plan.r2, start, t, reach=False)
+            if plan.filtered:
+                mask = plan.mask
+                counted = [r for r in counted if r.eligible & mask]
+            counts[plan.id] = len(counted)
+            if len(counted) >= plan.threshold:
+                contributing[plan.id] = tuple(sorted([r.event.incident_id for r in counted]))
+        return counts, contributing
 
     def _assess(self, record: _Record) -> Assessment:
-        cls = record.cls
         if record.active:
-            counts, contributing = self._evaluate(record)
+            counts, contributing = self._evaluate(record, None)
         else:
-            counts, contributing = (0,) * len(self._rules), {}
+            counts, contributing = dict(self._no_counts), {}
+        return self._assessment(record, counts, contributing)
+
+    def _assessment(
+        self, record: _Record, counts: dict[str, int], contributing: dict[str, tuple[str, ...]]
+    ) -> Assessment:
+        cls = record.cls
+        event = record.event
         return Assessment(
-            incident_id=record.incident_id,
+            incident_id=event.incident_id,
             in_scope=record.active,
-            classification="cancelled" if record.event.cancelled else cls.cls,
+            classification="cancelled" if event.cancelled else cls.cls,
             asb_category=cls.asb_category,
-            occurred_at=record.t,
-            victim_key=record.victim_key,
-            location_key=record.location_key,
+            occurred_at=event.occurred_at,
+            victim_key=event.victim_key,
+            location_key=location_key(record.place),
             rules_met=tuple(sorted(contributing)),
-            rule_counts=dict(zip(self._rule_ids, counts, strict=True)),
+            rule_counts=counts,
             contributing=contributing,
         )
 
-    def _reassess(self, record: _Record, outcome: Outcome) -> None:
-        assessment = self._assess(record)
-        fingerprint = (
-            hash(
-                (
-                    assessment.in_scope,
-                    assessment.classification,
-                    assessment.asb_category,
-                    assessment.occurred_at,
-                    assessment.victim_key,
-                    assessment.location_key,
-                    tuple(assessment.rule_counts.values()),
-                    tuple(sorted(assessment.contributing.items())),
-                )
-            )
-            or 1
-        )
+    def _reassess(self, record: _Record, cells: list[_Timeline] | None, outcome: Outcome) -> None:
+        """Issue ``record``'s assessment (and any escalation it raises) if it changed."""
+        if record.active:
+            counts, contributing = self._evaluate(record, cells)
+        else:
+            counts, contributing = dict(self._no_counts), {}
+        fingerprint = hash((tuple(counts.values()), tuple(contributing.items())))
+        fingerprint = fingerprint & _FINGERPRINT_BITS or 1
         if fingerprint == record.fingerprint:
             return
         record.fingerprint = fingerprint
+        assessment = self._assessment(record, counts, contributing)
         outcome.assessments.append(assessment)
+        if not contributing:
+            return
+        t = record.event.occurred_at
         for rule in self._rules:
-            ids = assessment.contributing.get(rule.id)
+            ids = contributing.get(rule.id)
             if ids is None:
                 continue
-            subject_key = record.victim_key if rule.subject == "victim" else record.location_key
+            subject_key = (
+                record.event.victim_key if rule.subject == "victim" else assessment.location_key
+            )
             if subject_key is None:
                 continue
             subject = (rule.subject, subject_key)
             raised = self._raised.get(subject)
             if raised is None:
                 raised = self._raised[subject] = set()
-            self._raised_seen[subject] = max(self._raised_seen.get(subject, record.t), record.t)
+            self._see(subject, t)
             if rule.id in raised:
                 continue
             raised.add(rule.id)
@@ -442,11 +604,20 @@ class DetectionEngine:
                     subject_type=rule.subject,
                     subject_key=subject_key,
                     rule_id=rule.id,
-                    incident_id=record.incident_id,
+                    incident_id=record.event.incident_id,
                     contributing_incident_ids=ids,
-                    occurred_at=record.t,
+                    occurred_at=t,
                 )
             )
+
+    def _see(self, subject: tuple[str, str], t: int) -> None:
+        """Note that ``subject`` met a rule at ``t``; it is forgotten once ``t`` is pruned."""
+        seen = self._raised_seen.get(subject)
+        if seen is None or t > seen:
+            self._raised_seen[subject] = t
+            day = t // DAY
+            if seen is None or seen // DAY != day:
+                self._raised_days.setdefault(day, []).append(subject)
 
     def _prune(self) -> None:
         """Forget incidents that no event still to be applied can affect."""
@@ -455,17 +626,33 @@ class DetectionEngine:
         last_whole_day = horizon // DAY  # days before this one end at or before the horizon
         start = self._pruned_before_day
         if start is None:
-            start = min(self._days) if self._days else last_whole_day
+            start = self._first_day if self._first_day is not None else last_whole_day
         if start >= last_whole_day:
+            # Nothing to forget until the horizon passes the end of day ``start``.
+            self._prune_from = (start + 1) * DAY + self._retention
             return
+        records = self._records
         for day in range(start, last_whole_day):
-            for record in self._days.pop(day, ()):
-                if self._records.get(record.incident_id) is record:
-                    del self._records[record.incident_id]
+            for incident_id in self._days.pop(day, ()):
+                record = records.get(incident_id)
+                # The id is also listed under the days of its earlier records, if it moved.
+                if record is not None and record.event.occurred_at // DAY == day:
+                    del records[incident_id]
                     if record.active:
                         self._unindex(record)
         self._pruned_before_day = last_whole_day
-        stale = [subject for subject, seen in self._raised_seen.items() if seen < horizon]
-        for subject in stale:
-            del self._raised_seen[subject]
-            self._raised.pop(subject, None)
+        self._prune_from = (last_whole_day + 1) * DAY + self._retention
+        self._forget_raised(horizon)
+
+    def _forget_raised(self, horizon: int) -> None:
+        """Forget the escalations of subjects last seen before ``horizon``."""
+        last_day = horizon // DAY
+        seen = self._raised_seen
+        for day in sorted(d for d in self._raised_days if d <= last_day):
+            # The horizon's own day is only partly behind it: keep its list for next time.
+            subjects = self._raised_days[day] if day == last_day else self._raised_days.pop(day)
+            for subject in subjects:
+                when = seen.get(subject)
+                if when is not None and when < horizon:
+                    del seen[subject]
+                    self._raised.pop(subject, None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -22,6 +23,25 @@ VULNERABILITY_FACTORS: tuple[str, ...] = (
     "previous_victim",
     "self_identified",
 )
+
+
+#: One shared object per set of known vulnerability factors (at most 2**8 of them), so that a
+#: retained event does not carry its own copy: an empty frozenset alone takes 216 bytes.
+_VULNERABILITY_SETS: dict[frozenset[str], frozenset[str]] = {}
+_KNOWN_FACTORS = frozenset(VULNERABILITY_FACTORS)
+
+
+def _vulnerability(raw: Any) -> frozenset[str]:
+    factors: frozenset[str] = frozenset(raw or ())
+    if factors <= _KNOWN_FACTORS:
+        return _VULNERABILITY_SETS.setdefault(factors, factors)
+    return factors
+
+
+def _shared(text: Any) -> Any:
+    """``text`` interned if it is a string: an engine retains up to millions of events, and
+    most of their strings repeat (codes, sources, event types, a victim's key)."""
+    return sys.intern(text) if type(text) is str else text
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,14 +96,14 @@ class IncidentEvent:
             event_id=str(data["event_id"]),
             incident_id=str(data["incident_id"]),
             sequence=int(data["sequence"]),
-            event_type=str(data["event_type"]),
+            event_type=_shared(str(data["event_type"])),
             occurred_at=parse_timestamp(data["occurred_at"]),
             reported_at=parse_timestamp(data["reported_at"]),
-            source=str(data["source"]),
-            opening_code=str(data["opening_code"]),
-            closing_code=data.get("closing_code") or None,
-            victim_key=data.get("victim_key") or None,
+            source=_shared(str(data["source"])),
+            opening_code=_shared(str(data["opening_code"])),
+            closing_code=_shared(data.get("closing_code") or None),
+            victim_key=_shared(data.get("victim_key") or None),
             place=place_from_wire(location if isinstance(location, dict) else None),
-            vulnerability=frozenset(data.get("vulnerability") or ()),
+            vulnerability=_vulnerability(data.get("vulnerability")),
             description=data.get("description"),
         )
