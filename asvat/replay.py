@@ -19,7 +19,7 @@ from typing import IO, Any
 from tqdm import tqdm
 
 from asvat.contracts import validate_against, validate_incident
-from asvat.domain.engine import DetectionEngine
+from asvat.domain.detector import Detector
 from asvat.domain.identity import IdentityError, pseudonymise_event
 from asvat.domain.incident import IncidentEvent
 from asvat.domain.policy import Policy
@@ -46,7 +46,10 @@ class ReplaySummary:
     invalid: list[LineError] = field(default_factory=list)
     incidents_written: int = 0
     rules_met: Counter[str] = field(default_factory=Counter)
-    escalations: int = 0
+    risk_levels: Counter[str] = field(default_factory=Counter)
+    escalations: Counter[str] = field(default_factory=Counter)
+    case_reviews: int = 0
+    integrity_findings: int = 0
 
     def report(self) -> str:
         parts = [
@@ -58,10 +61,22 @@ class ReplaySummary:
             f"{self.rejected} rejected by policy",
             f"{len(self.invalid)} invalid",
             f"{self.incidents_written} incidents in scope written",
-            f"{self.escalations} escalations",
         ]
-        met = ", ".join(f"{rule}: {n}" for rule, n in sorted(self.rules_met.items()))
-        return "; ".join(parts) + (f"\nincidents meeting each rule: {met}" if met else "")
+        lines = ["; ".join(parts)]
+        if self.rules_met:
+            met = ", ".join(f"{rule}: {n}" for rule, n in sorted(self.rules_met.items()))
+            lines.append(f"incidents meeting each rule: {met}")
+        if self.risk_levels:
+            levels = ", ".join(
+                f"{level}: {self.risk_levels[level]}" for level in ("standard", "medium", "high")
+            )
+            lines.append(f"incidents by risk level: {levels}")
+        escalations = ", ".join(f"{kind}: {n}" for kind, n in sorted(self.escalations.items()))
+        lines.append(
+            f"escalation events: {escalations or 'none'}; case reviews due: "
+            f"{self.case_reviews}; integrity findings: {self.integrity_findings}"
+        )
+        return "\n".join(lines)
 
 
 def _parse_line(
@@ -109,15 +124,16 @@ def replay(
     listed with its number and reason).
     """
     err = err if err is not None else sys.stderr
-    engine = DetectionEngine(policy)
+    engine = Detector(policy, forget=False)  # every incident's final answer, however old
     summary = ReplaySummary()
     now_us = now_micros()
-    total = source.stat().st_size
+    with source.open("rb") as counting:
+        total = sum(1 for _ in counting)  # lines, so the bar shows events per second
     with (
         source.open("r", encoding="utf-8", errors="strict") as stream,
         tqdm(
             total=total,
-            unit="B",
+            unit=" events",
             unit_scale=True,
             disable=not progress,
             file=err,
@@ -128,7 +144,7 @@ def replay(
         try:
             for number, text in _lines(stream):
                 summary.lines += 1
-                bar.update(len(text.encode("utf-8")))
+                bar.update(1)
                 event, problem = _parse_line(text, key=key, key_id=key_id, now_us=now_us)
                 if event is None:
                     summary.invalid.append(LineError(number, problem or "invalid"))
@@ -146,7 +162,11 @@ def replay(
                     summary.invalid.append(LineError(number, outcome.not_applied.reason))
                 else:
                     summary.applied += 1
-                summary.escalations += len(outcome.escalations)
+                summary.escalations.update(
+                    f"{e.event} {e.subject_type} {e.level}" for e in outcome.escalations
+                )
+                summary.case_reviews += len(outcome.case_reviews)
+                summary.integrity_findings += len(outcome.integrity)
         except UnicodeDecodeError as exc:
             summary.invalid.append(
                 LineError(summary.lines + 1, f"not UTF-8 text ({exc.reason} at byte {exc.start})")
@@ -160,6 +180,7 @@ def replay(
             out.write(json.dumps(line, separators=(",", ":"), ensure_ascii=False))
             out.write("\n")
             summary.rules_met.update(assessment.rules_met)
+            summary.risk_levels[assessment.risk_level] += 1
     tmp.replace(destination)
     summary.incidents_written = len(final)
     for bad in summary.invalid[:max_errors_shown]:

@@ -39,6 +39,13 @@ class Assessment:
     rules_met: tuple[str, ...]
     rule_counts: Mapping[str, int]
     contributing: Mapping[str, tuple[str, ...]]
+    # Filled in by asvat.domain.detector from the policy's risk, case_review and integrity
+    # sections; the engine alone leaves the defaults.
+    risk_level: str = "standard"
+    risk_score: int = 0
+    reasons: tuple[Mapping[str, Any], ...] = ()
+    case_review_threshold_met: bool = False
+    integrity_flags: tuple[Mapping[str, Any], ...] = ()
 
     def content(self) -> dict[str, Any]:
         """The assessment as JSON-ready data, without wall-clock fields."""
@@ -53,6 +60,11 @@ class Assessment:
             "rules_met": list(self.rules_met),
             "rule_counts": dict(self.rule_counts),
             "contributing": {rule: list(ids) for rule, ids in self.contributing.items()},
+            "risk_level": self.risk_level,
+            "risk_score": self.risk_score,
+            "reasons": [dict(reason) for reason in self.reasons],
+            "case_review_threshold_met": self.case_review_threshold_met,
+            "integrity_flags": [dict(flag) for flag in self.integrity_flags],
         }
 
     @property

@@ -23,25 +23,40 @@ from typing import Any
 
 import faust
 from faust.streams import _current_event
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import generate_latest
 
-from asvat.domain.engine import DetectionEngine, Outcome
+from asvat.domain.detector import Detector, DetectorOutcome
 from asvat.domain.incident import IncidentEvent
 from asvat.domain.policy import Policy
-from asvat.domain.timeutil import format_timestamp, now_micros
+from asvat.domain.timeutil import now_micros
 from asvat.settings import (
     TOPIC_ASSESSMENTS,
+    TOPIC_CASE_REVIEWS,
     TOPIC_ESCALATIONS,
     TOPIC_INCIDENTS,
+    TOPIC_INTEGRITY,
     TOPIC_LATE,
+    TOPIC_REVIEWS,
     Settings,
 )
+from services.repeat_detector.messages import (
+    assessment_message,
+    case_review_message,
+    escalation_message,
+    integrity_message,
+    late_message,
+    not_applied_message,
+    review_message,
+)
+from services.repeat_detector.metrics import NO_RULE, WorkerMetrics, level_of
 
 log = logging.getLogger("asvat.worker")
 
 #: Events taken from the stream per batch, and the longest wait to fill one.
 BATCH_SIZE = 500
 BATCH_WITHIN_S = 0.05
+#: How often open escalations are checked for reviews coming due or overdue.
+REVIEW_CHECK_INTERVAL_S = 60.0
 
 
 class IncidentRecordTable(faust.Table):  # type: ignore[misc,type-arg]
@@ -51,41 +66,10 @@ class IncidentRecordTable(faust.Table):  # type: ignore[misc,type-arg]
 
 
 @dataclass
-class WorkerMetrics:
-    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
-
-    def __post_init__(self) -> None:
-        r = self.registry
-        self.events = Counter(
-            "asvat_worker_events_processed",
-            "Incident events taken from the topic",
-            ["result"],
-            registry=r,
-        )
-        self.assessments = Counter(
-            "asvat_worker_assessments_issued", "Assessments published", registry=r
-        )
-        self.escalations = Counter(
-            "asvat_worker_escalations_raised", "Escalations published", ["rule"], registry=r
-        )
-        self.retained = Gauge(
-            "asvat_worker_retained_incidents", "Incidents held in the engine's windows", registry=r
-        )
-        self.batch_seconds = Histogram(
-            "asvat_worker_batch_seconds", "Time to process one batch of events", registry=r
-        )
-        self.last_batch = Gauge(
-            "asvat_worker_last_batch_timestamp_seconds",
-            "Unix time the last batch finished",
-            registry=r,
-        )
-
-
-@dataclass
 class DetectorState:
     """What the agent shares with the health pages."""
 
-    engine: DetectionEngine
+    detector: Detector
     restored: bool = False
     started_at: float = field(default_factory=time.time)
     last_progress: float = field(default_factory=time.time)
@@ -142,8 +126,9 @@ def create_app(
         table_cleanup_interval=3600,
         Table=IncidentRecordTable,
     )
-    metrics = WorkerMetrics()
-    state = DetectorState(engine=DetectionEngine(policy))
+    metrics = WorkerMetrics(rules=[rule.id for rule in policy.rules])
+    state = DetectorState(detector=Detector(policy))
+    metrics.observe(app, lambda: state.detector.watermark)
 
     incidents = app.topic(TOPIC_INCIDENTS, key_type=bytes, value_type=bytes, value_serializer="raw")
     assessments = app.topic(
@@ -153,6 +138,11 @@ def create_app(
         TOPIC_ESCALATIONS, key_type=bytes, value_type=bytes, value_serializer="raw"
     )
     late = app.topic(TOPIC_LATE, key_type=bytes, value_type=bytes, value_serializer="raw")
+    reviews = app.topic(TOPIC_REVIEWS, key_type=bytes, value_type=bytes, value_serializer="raw")
+    case_reviews = app.topic(
+        TOPIC_CASE_REVIEWS, key_type=bytes, value_type=bytes, value_serializer="raw"
+    )
+    integrity = app.topic(TOPIC_INTEGRITY, key_type=bytes, value_type=bytes, value_serializer="raw")
     records = app.Table(
         "incident-records",
         key_type=bytes,  # bytes → faust's "raw" serializer for keys and values
@@ -171,40 +161,58 @@ def create_app(
             except (ValueError, KeyError) as exc:  # pragma: no cover - data written by us
                 log.error("skipping unreadable stored record: %s", exc)
         events.sort(key=lambda e: e.occurred_at)
-        state.engine.restore(events)
+        state.detector.restore(events)
         state.restored = True
         log.info("engine restored from %d stored incident records", len(events))
 
-    async def publish(outcome: Outcome, raw: bytes, event: IncidentEvent) -> None:
-        now = now_micros()
+    async def publish(outcome: DetectorOutcome, raw: bytes, event: IncidentEvent, now: int) -> None:
         if outcome.not_applied is not None:
-            watermark = outcome.not_applied.watermark
-            payload = {
-                "schema": "asvat.late-incident.v1",
-                "reason": outcome.not_applied.reason,
-                "kind": outcome.not_applied.kind,
-                "watermark": None if watermark is None else format_timestamp(watermark),
-                "event": json.loads(raw),
-            }
+            payload = not_applied_message(outcome.not_applied, json.loads(raw))
             await late.send(key=event.incident_id.encode(), value=_dumps(payload))
+            metrics.late.labels(outcome.not_applied.kind).inc()
             return
         for assessment in outcome.assessments:
             await assessments.send(
-                key=assessment.incident_id.encode(), value=_dumps(assessment.to_wire(now))
+                key=assessment.incident_id.encode(),
+                value=_dumps(assessment_message(assessment, now)),
             )
-        metrics.assessments.inc(len(outcome.assessments))
+            for rule in assessment.rules_met or (NO_RULE,):
+                metrics.assessments.labels(level_of(assessment), rule).inc()
         for escalation in outcome.escalations:
-            await escalations.send(
-                key=escalation.subject_key.encode(), value=_dumps(escalation.to_wire(now))
-            )
-            metrics.escalations.labels(escalation.rule_id).inc()
+            payload = escalation_message(escalation, now)
+            await escalations.send(key=escalation.subject_key.encode(), value=_dumps(payload))
+            rules = [r.rule_id for r in escalation.reasons if r.rule_id] or [NO_RULE]
+            for rule in rules:
+                metrics.escalations.labels(escalation.level, rule).inc()
             log.info(
-                "escalation raised: %s %s rule=%s incident_id=%s",
+                "escalation %s: %s %s level=%s incident_id=%s",
+                escalation.event,
                 escalation.subject_type,
                 escalation.escalation_id[:12],
-                escalation.rule_id,
+                escalation.level,
                 escalation.incident_id,
+                extra={
+                    "incident_id": escalation.incident_id,
+                    "event_id": event.event_id,
+                    "escalation_id": escalation.escalation_id,
+                },
             )
+        for met in outcome.case_reviews:
+            payload = case_review_message(met, now)
+            await case_reviews.send(key=met.subject_key.encode(), value=_dumps(payload))
+        for finding in outcome.integrity:
+            payload = integrity_message(finding, now)
+            await integrity.send(key=finding.incident_id.encode(), value=_dumps(payload))
+
+    @app.timer(interval=REVIEW_CHECK_INTERVAL_S)  # type: ignore[misc]
+    async def announce_reviews() -> None:
+        """Reviews of open escalations coming due or overdue (each announced once)."""
+        if not state.restored:
+            return
+        for review in state.detector.reviews_due(now_micros()):
+            payload = review_message(review)
+            await reviews.send(key=review.escalation_id.encode(), value=_dumps(payload))
+            metrics.reviews.labels(review.event).inc()
 
     @app.agent(incidents)  # type: ignore[misc]
     async def detect(stream: Any) -> None:
@@ -221,32 +229,25 @@ def create_app(
                     # Ingest validated it; an unreadable message here is a contract breach.
                     metrics.events.labels("unreadable").inc()
                     log.error("unreadable incident message (%s); sent to the late topic", exc)
-                    payload = {
-                        "schema": "asvat.late-incident.v1",
-                        "reason": f"unreadable: {exc}",
-                        "kind": "rejected",
-                        "watermark": None,
-                        "event": None,
-                    }
+                    payload = late_message(f"unreadable: {exc}", "rejected", None, None)
                     await late.send(key=b"", value=_dumps(payload))
+                    metrics.late.labels("unreadable").inc()
                     continue
                 try:
-                    outcome = state.engine.apply(event)
+                    now = now_micros()
+                    outcome = state.detector.apply(event, at=now)
                 except Exception as exc:  # a bug, not bad data: keep the event, say why
                     log.exception(
                         "engine failed on incident_id=%s event_id=%s",
                         event.incident_id,
                         event.event_id,
+                        extra={"incident_id": event.incident_id, "event_id": event.event_id},
                     )
                     metrics.events.labels("engine_error").inc()
-                    payload = {
-                        "schema": "asvat.late-incident.v1",
-                        "kind": "rejected",
-                        "reason": f"engine error: {type(exc).__name__}: {exc}",
-                        "watermark": None,
-                        "event": json.loads(raw),
-                    }
+                    reason = f"engine error: {type(exc).__name__}: {exc}"
+                    payload = late_message(reason, "rejected", None, json.loads(raw))
                     await late.send(key=event.incident_id.encode(), value=_dumps(payload))
+                    metrics.late.labels("engine_error").inc()
                     continue
                 if outcome.duplicate:
                     metrics.events.labels("duplicate").inc()
@@ -259,7 +260,7 @@ def create_app(
                     metrics.events.labels("applied").inc()
                 else:
                     metrics.events.labels(outcome.not_applied.kind).inc()
-                await publish(outcome, raw, event)
+                await publish(outcome, raw, event, now)
             # Outputs first, then the state that produced them: once a record is stored, a
             # redelivery of its event is a duplicate and issues nothing, so whatever that
             # event issued must already be acknowledged by the broker. A worker killed in
@@ -270,7 +271,7 @@ def create_app(
                 _make_current(message_event)
                 records[key] = raw
             metrics.batch_seconds.observe(time.perf_counter() - started)
-            metrics.retained.set(state.engine.retained_incidents)
+            metrics.retained.set(state.detector.retained_incidents)
             metrics.last_batch.set(time.time())
             state.last_progress = time.time()
 

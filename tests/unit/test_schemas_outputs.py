@@ -131,7 +131,7 @@ def test_assessment_field_rules(field: str, value: Any) -> None:
 
 
 def test_escalation_subject_key_follows_subject_type() -> None:
-    victim = load(SCHEMAS / "examples" / "escalation.v1" / "victim-28d.json")
+    victim = load(SCHEMAS / "examples" / "escalation.v1" / "1-raised.json")
     assert victim["subject_type"] == "victim"
     as_location = copy.deepcopy(victim)
     as_location["subject_type"] = "location"  # a victim key is not a location key
@@ -142,7 +142,7 @@ def test_escalation_subject_key_follows_subject_type() -> None:
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("event", "cleared"), ("subject_type", "street"), ("contributing_incident_ids", [])],
+    [("event", "cleared"), ("subject_type", "street"), ("level", "low"), ("episode", 0)],
 )
 def test_escalation_field_rules(field: str, value: Any) -> None:
     payload = first_example("escalation.v1")
