@@ -6,13 +6,19 @@ import faust
 
 from asvat.domain.policy import Policy
 from asvat.embedded.broker import ensure_port_free
+from asvat.logs import configure_logging
 from asvat.settings import Settings
 from services.repeat_detector.app import create_app
 
 
 def run(settings: Settings, policy: Policy) -> int:
+    configure_logging(settings, "worker")
     ensure_port_free(settings.worker_host, settings.worker_port, "worker HTTP")
     app, _state, _metrics = create_app(settings, policy)
-    worker = faust.Worker(app, loglevel=settings.log_level.lower(), quiet=True)
+    # override_logging=False: keep the JSON logs configured above (faust would install its
+    # own coloured console handler).
+    worker = faust.Worker(
+        app, loglevel=settings.log_level.lower(), quiet=True, override_logging=False
+    )
     worker.execute_from_commandline()
     return 0

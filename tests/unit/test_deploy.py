@@ -1,6 +1,11 @@
-"""The container deployment files: they parse, hang together, and hold no secrets.
+"""The deployment files: they are valid, hang together, and hold no secrets.
 
-No Docker here: this checks the files as data (``docker compose config`` is the full check).
+No Docker engine and no cluster here: the compose file is validated against the Compose
+Specification's JSON Schema (the copy ``check-jsonschema`` ships) and interpolated as
+compose does (``compose_file.py``); the Kubernetes manifests against the Kubernetes JSON
+Schemas ``kubernetes-validate`` ships. ``docker compose config`` and ``kubectl apply
+--dry-run=server`` are the full checks. That the services start with the compose file's
+environment is ``tests/integration/test_deployed.py``.
 """
 
 from __future__ import annotations
@@ -22,8 +27,9 @@ ENV_EXAMPLE = ROOT / ".env.example"
 _SECRET_NAME = re.compile(r"(KEY|SECRET|PASSWORD|PASSWD|TOKEN|CREDENTIAL)(_FILE)?$", re.I)
 #: Not secrets although the name matches.
 _NOT_SECRET = {"ASVAT_HMAC_KEY_ID"}
-#: A compose interpolation with an empty default: the value comes from the environment.
-_FROM_ENV = re.compile(r"^\$\{[A-Z0-9_]+(:?-)?\}$")
+#: A compose interpolation with no default, or a required one (``${VAR:?why}``): the value
+#: comes from the environment.
+_FROM_ENV = re.compile(r"^\$\{[A-Z0-9_]+((:?-)|(:?\?[^}]*))?\}$")
 
 
 @pytest.fixture(scope="module")
@@ -127,3 +133,328 @@ def test_dockerfile_installs_the_project_as_a_non_root_user() -> None:
     users = re.findall(r"^USER\s+(\S+)", text, re.M)
     assert users and users[-1] not in ("root", "0")
     assert 'ENTRYPOINT ["asvat"]' in text
+
+
+# ---------------------------------------------------------------- compose: production set
+
+#: Values a filled-in .env gives (tests only).
+FILLED_ENV = {
+    "ASVAT_HMAC_KEY": "test-only-hmac-key-0123456789abcdef-0123",
+    "POSTGRES_PASSWORD": "0123456789abcdef",
+    "GRAFANA_ADMIN_PASSWORD": "fedcba9876543210",
+}
+REQUIRED_SECRETS = set(FILLED_ENV)
+
+
+def _compose_schema() -> dict[str, Any]:
+    """The Compose Specification's JSON Schema, as check-jsonschema ships it."""
+    import json
+    from importlib.metadata import distribution
+
+    path = distribution("check-jsonschema").locate_file(
+        "check_jsonschema/builtin_schemas/vendor/compose-spec.json"
+    )
+    schema: dict[str, Any] = json.loads(Path(str(path)).read_text(encoding="utf-8"))
+    return schema
+
+
+def _schema_errors(doc: dict[str, Any]) -> list[str]:
+    import jsonschema
+
+    schema = _compose_schema()
+    # Its $schema is draft-07 spelt without the trailing '#', which jsonschema does not
+    # recognise by name.
+    assert "draft-07" in schema["$schema"]
+    validator = jsonschema.Draft7Validator(schema)
+    return [
+        f"{'/'.join(map(str, error.absolute_path))}: {error.message}"
+        for error in validator.iter_errors(doc)
+    ]
+
+
+def test_compose_file_is_valid_against_the_compose_specification() -> None:
+    from compose_file import load_compose
+
+    assert _schema_errors(load_compose()) == []
+    assert _schema_errors(load_compose(FILLED_ENV)) == []
+
+
+def test_the_compose_schema_check_catches_mistakes() -> None:
+    from compose_file import load_compose
+
+    doc = load_compose(FILLED_ENV)
+    doc["services"]["api"]["healthcheck"]["intervall"] = "10s"
+    doc["services"]["worker"]["depends_on"]["kafka"]["condition"] = "service_ready"
+    errors = _schema_errors(doc)
+    assert any("intervall" in e for e in errors), errors
+    assert any("service_ready" in e for e in errors), errors
+
+
+def test_compose_refuses_to_start_without_each_secret() -> None:
+    from compose_file import MissingVariable, load_compose
+
+    load_compose(FILLED_ENV)  # complete: interpolates
+    for name in REQUIRED_SECRETS:
+        partial = {k: v for k, v in FILLED_ENV.items() if k != name}
+        with pytest.raises(MissingVariable) as caught:
+            load_compose(partial)
+        assert caught.value.name == name
+        with pytest.raises(MissingVariable):
+            load_compose({**partial, name: ""})  # blank, as in .env.example, is missing too
+
+
+def test_env_example_names_every_variable_the_compose_file_reads() -> None:
+    import json
+
+    from compose_file import load_compose
+
+    example = ENV_EXAMPLE.read_text(encoding="utf-8")
+    named = set(re.findall(r"^([A-Z0-9_]+)=", example, re.M))
+    used = set(re.findall(r"\$\{([A-Z0-9_]+)", json.dumps(load_compose())))
+    assert used <= named, f".env.example lacks {used - named}"
+    blank = {k for k in named if re.search(rf"^{k}=\s*$", example, re.M)}
+    assert blank >= REQUIRED_SECRETS
+
+
+def test_postgres_prometheus_and_grafana_run_with_health_checks_and_volumes(
+    compose: dict[str, Any],
+) -> None:
+    from compose_file import environment, load_compose
+
+    services = load_compose(FILLED_ENV)["services"]
+    volumes = set(compose["volumes"])
+    assert services["postgres"]["image"] == "postgres:16"
+    assert services["prometheus"]["image"].startswith("prom/prometheus:v")
+    assert services["grafana"]["image"].startswith("grafana/grafana:")
+    for name, service in services.items():
+        if name == "topics":  # one-shot
+            continue
+        assert "healthcheck" in service, name
+        assert service["restart"] == "unless-stopped", name
+        for mount in service.get("volumes", []):
+            source = str(mount).split(":")[0]
+            if source.startswith("./"):
+                assert (ROOT / source).exists(), f"{name}: {source} does not exist"
+            else:
+                assert source in volumes, f"{name}: volume {source} not declared"
+        for port in service.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), f"{name}: {port} must bind loopback"
+    assert compose["volumes"].keys() >= {"postgres-data", "prometheus-data", "grafana-data"}
+
+    api = environment(services["api"])
+    assert api["ASVAT_DATABASE_URL"] == (
+        f"postgresql+psycopg://asvat:{FILLED_ENV['POSTGRES_PASSWORD']}@postgres:5432/asvat"
+    )
+    assert services["api"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    # Ingest checks bearer tokens against the same database (read-only).
+    assert environment(services["ingest"])["ASVAT_DATABASE_URL"] == api["ASVAT_DATABASE_URL"]
+    assert services["ingest"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert services["prometheus"]["secrets"] == ["prometheus_api_token"]
+    assert compose["secrets"]["prometheus_api_token"] == {"environment": "PROMETHEUS_API_TOKEN"}
+    postgres = environment(services["postgres"])
+    assert (postgres["POSTGRES_USER"], postgres["POSTGRES_DB"]) == ("asvat", "asvat")
+
+    prometheus = services["prometheus"]
+    assert "./deploy/prometheus:/etc/prometheus:ro" in prometheus["volumes"]
+    assert "--config.file=/etc/prometheus/prometheus.yml" in prometheus["command"]
+    grafana = services["grafana"]
+    assert "./deploy/grafana/provisioning:/etc/grafana/provisioning:ro" in grafana["volumes"]
+    provider = yaml.safe_load(
+        (ROOT / "deploy/grafana/provisioning/dashboards/asvat.yml").read_text()
+    )["providers"][0]
+    dashboards_mount = f"./deploy/grafana/dashboards:{provider['options']['path']}:ro"
+    assert dashboards_mount in grafana["volumes"]
+    assert environment(grafana)["GF_SECURITY_ADMIN_PASSWORD"] == "fedcba9876543210"
+    assert grafana["depends_on"]["prometheus"]["condition"] == "service_healthy"
+
+
+def test_prometheus_scrapes_the_compose_services_on_the_ports_they_listen_on() -> None:
+    from compose_file import environment, load_compose
+
+    services = load_compose(FILLED_ENV)["services"]
+    config = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
+    targets = {
+        t for job in config["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]
+    }
+    for name, variable in (
+        ("ingest", "ASVAT_INGEST_PORT"),
+        ("worker", "ASVAT_WORKER_PORT"),
+        ("api", "ASVAT_API_PORT"),
+    ):
+        env = environment(services[name])
+        assert f"{name}:{env[variable]}" in targets
+        host = env[variable.replace("_PORT", "_HOST")]
+        assert host == "0.0.0.0", f"{name} must listen beyond its container's loopback"
+
+
+# ---------------------------------------------------------------- Kubernetes
+
+K8S = ROOT / "deploy" / "k8s"
+#: The Kubernetes minor version the manifests are validated against.
+K8S_VERSION = "1.30.0"
+#: Kinds the Kubernetes schemas do not cover (custom resources, kustomize).
+CUSTOM_KINDS = {"ScaledObject", "Kustomization"}
+
+
+def _manifests() -> list[tuple[str, dict[str, Any]]]:
+    found = []
+    for path in sorted(K8S.glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")):
+            if doc:
+                found.append((path.name, doc))
+    return found
+
+
+def _of_kind(kind: str) -> dict[str, dict[str, Any]]:
+    return {doc["metadata"]["name"]: doc for _, doc in _manifests() if doc["kind"] == kind}
+
+
+def _k8s_errors(doc: dict[str, Any]) -> str | None:
+    import kubernetes_validate
+
+    try:
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    except kubernetes_validate.ValidationError as exc:
+        return f"{exc.message} at {'/'.join(map(str, exc.path))}"
+    return None
+
+
+@pytest.mark.parametrize(
+    "manifest",
+    [m for m in _manifests() if m[1]["kind"] not in CUSTOM_KINDS],
+    ids=lambda m: f"{m[0]}:{m[1]['kind']}/{m[1]['metadata']['name']}",
+)
+def test_manifest_is_valid_against_the_kubernetes_schemas(
+    manifest: tuple[str, dict[str, Any]],
+) -> None:
+    _, doc = manifest
+    assert _k8s_errors(doc) is None
+
+
+def test_the_kubernetes_schema_check_catches_mistakes() -> None:
+    import copy
+
+    deployment = copy.deepcopy(_of_kind("Deployment")["asvat-api"])
+    deployment["spec"]["replica"] = 2  # misspelt field: strict validation refuses it
+    assert _k8s_errors(deployment) is not None
+    deployment = copy.deepcopy(_of_kind("Deployment")["asvat-api"])
+    deployment["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"] = "x"
+    assert _k8s_errors(deployment) is not None
+
+
+def test_kustomization_lists_every_manifest_but_the_optional_scalers() -> None:
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    listed = set(kustomization["resources"])
+    on_disk = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+    assert on_disk - listed == {"worker-scaledobject.yaml", "worker-hpa.yaml"}
+    assert listed <= on_disk
+
+
+def test_deployments_services_and_budgets_fit_together() -> None:
+    deployments = _of_kind("Deployment")
+    assert set(deployments) == {"asvat-ingest", "asvat-worker", "asvat-api"}
+    config_maps = _of_kind("ConfigMap")
+    for name, deployment in deployments.items():
+        spec = deployment["spec"]
+        pod = spec["template"]
+        selector = spec["selector"]["matchLabels"]
+        assert selector.items() <= pod["metadata"]["labels"].items(), name
+        (container,) = pod["spec"]["containers"]
+        service = name.removeprefix("asvat-")
+        assert container["args"] == [service]
+        port_names = {p["name"]: p["containerPort"] for p in container["ports"]}
+        for probe in ("readinessProbe", "livenessProbe"):
+            assert container[probe]["httpGet"]["port"] in port_names, f"{name}: {probe}"
+        annotations = pod["metadata"]["annotations"]
+        assert annotations["prometheus.io/port"] == str(port_names["http"])
+        assert annotations["prometheus.io/path"] == "/metrics"
+        for source in container.get("envFrom", []):
+            assert source["configMapRef"]["name"] in config_maps
+        for volume in pod["spec"]["volumes"]:
+            if "configMap" in volume:
+                assert volume["configMap"]["name"] in config_maps
+        security = container["securityContext"]
+        assert security["readOnlyRootFilesystem"] and not security["allowPrivilegeEscalation"]
+        assert pod["spec"]["securityContext"]["runAsNonRoot"]
+
+    for name, service in _of_kind("Service").items():
+        target = deployments[name]["spec"]["template"]
+        assert service["spec"]["selector"].items() <= target["metadata"]["labels"].items()
+        container_ports = {p["name"] for p in target["spec"]["containers"][0]["ports"]}
+        for port in service["spec"]["ports"]:
+            assert port["targetPort"] in container_ports, name
+    budgets = _of_kind("PodDisruptionBudget")
+    assert set(budgets) == set(deployments)
+    for name, budget in budgets.items():
+        labels = deployments[name]["spec"]["template"]["metadata"]["labels"]
+        assert budget["spec"]["selector"]["matchLabels"].items() <= labels.items()
+
+
+def test_secrets_are_referenced_never_defined() -> None:
+    assert not _of_kind("Secret"), "Secrets are created out of band (deploy/k8s/README.md)"
+    referenced: dict[str, set[str]] = {}
+    for name, deployment in _of_kind("Deployment").items():
+        for container in deployment["spec"]["template"]["spec"]["containers"]:
+            for variable in container.get("env", []):
+                if "value" in variable:
+                    assert not _SECRET_NAME.search(variable["name"]), f"{name}: {variable}"
+                secret = variable.get("valueFrom", {}).get("secretKeyRef")
+                if secret:
+                    assert secret["name"] == "asvat-secrets"
+                    referenced.setdefault(variable["name"], set()).add(secret["key"])
+    assert referenced == {"ASVAT_HMAC_KEY": {"hmac-key"}, "ASVAT_DATABASE_URL": {"database-url"}}
+    readme = (K8S / "README.md").read_text(encoding="utf-8")
+    assert "--from-literal=hmac-key=" in readme and "--from-literal=database-url=" in readme
+
+
+def test_configmaps_hold_known_settings_and_a_valid_policy() -> None:
+    from asvat.domain.policy import load_policy_text
+    from asvat.settings import Settings
+
+    settings = _of_kind("ConfigMap")["asvat-settings"]["data"]
+    known = {f"ASVAT_{name.upper()}" for name in Settings.model_fields}
+    assert set(settings) <= known, set(settings) - known
+    assert not any(_SECRET_NAME.search(k) for k in settings if k not in _NOT_SECRET)
+    policy_text = _of_kind("ConfigMap")["asvat-policy"]["data"]["policy.yaml"]
+    policy = load_policy_text(policy_text, origin="deploy/k8s/policy-configmap.yaml")
+    assert policy.rules
+    mount = next(
+        m["mountPath"]
+        for m in _of_kind("Deployment")["asvat-worker"]["spec"]["template"]["spec"]["containers"][
+            0
+        ]["volumeMounts"]
+        if m["name"] == "policy"
+    )
+    assert settings["ASVAT_POLICY"] == f"{mount}/policy.yaml"
+
+
+def test_worker_scaling_respects_partitions_and_runs_one_worker_for_now() -> None:
+    """Workers beyond the partition count get nothing; and today each worker's engine sees
+    only its own partitions, so one worker only (docs/operations.md, Scale workers)."""
+    settings = _of_kind("ConfigMap")["asvat-settings"]["data"]
+    partitions = int(settings["ASVAT_TOPIC_PARTITIONS"])
+    worker = _of_kind("Deployment")["asvat-worker"]["spec"]
+    assert worker["replicas"] == 1 and worker["strategy"]["type"] == "Recreate"
+
+    (scaled,) = _of_kind("ScaledObject").values()
+    spec = scaled["spec"]
+    assert scaled["apiVersion"] == "keda.sh/v1alpha1"
+    assert spec["scaleTargetRef"]["name"] == "asvat-worker"
+    assert 1 <= spec["minReplicaCount"] <= spec["maxReplicaCount"] <= partitions
+    assert spec["maxReplicaCount"] == 1
+    (trigger,) = spec["triggers"]
+    assert trigger["type"] == "kafka"
+    assert trigger["metadata"]["consumerGroup"] == settings["ASVAT_CONSUMER_GROUP"]
+    assert trigger["metadata"]["topic"] == "asvat.incidents.v1"
+    assert trigger["metadata"]["bootstrapServers"] == settings["ASVAT_KAFKA_BOOTSTRAP"]
+    assert int(trigger["metadata"]["lagThreshold"]) > 0
+    assert trigger["metadata"]["allowIdleConsumers"] == "false"
+
+    (hpa,) = _of_kind("HorizontalPodAutoscaler").values()
+    assert hpa["spec"]["scaleTargetRef"]["name"] == "asvat-worker"
+    assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"] <= partitions
+    assert hpa["spec"]["maxReplicas"] == 1
+    (metric,) = hpa["spec"]["metrics"]
+    assert metric["external"]["metric"]["name"] == "asvat_worker_consumer_lag"
+    readme = (K8S / "README.md").read_text(encoding="utf-8")
+    assert "sum(asvat_worker_consumer_lag_messages)" in readme
