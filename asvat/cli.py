@@ -8,11 +8,15 @@ asvat replay ...           the engine offline over an NDJSON file
 asvat topics create        create the Kafka topics on ASVAT_KAFKA_BOOTSTRAP
 asvat demo-feed            post the demo incidents to a running ingest
 asvat config [--markdown]  the settings and their environment variables
+asvat db upgrade|current   migrate the API database (Alembic) / show its revision
+asvat token create --role ROLE [--name NAME] | list | revoke ID
+                           bearer tokens for the API and ingest (last line: the token)
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -104,9 +108,71 @@ def _cmd_demo_feed(args: argparse.Namespace, settings: Settings) -> int:
     events = demo_burst(seed=args.seed, end=now) + northumbria_incidents(
         seed=args.seed, shift_to=now, limit=args.limit
     )
-    accepted = feed(url, events, rate_per_s=args.rate)
+    token = args.token or os.environ.get("ASVAT_INGEST_TOKEN")
+    if not token:
+        print(
+            "asvat demo-feed: give a token of role ingest with --token or ASVAT_INGEST_TOKEN "
+            "(make one with: asvat token create --role ingest)",
+            file=sys.stderr,
+        )
+        return 2
+    accepted = feed(url, events, rate_per_s=args.rate, token=token)
     print(f"demo feed: {accepted} events accepted by {url}")
     return 0
+
+
+def _cmd_db(args: argparse.Namespace, settings: Settings) -> int:
+    from services.api.db import make_engine
+    from services.api.migrate import current, head, upgrade
+
+    engine = make_engine(settings.resolved_database_url)
+    where = engine.url.render_as_string(hide_password=True)
+    try:
+        if args.db_command == "current":
+            print(f"{where}: revision {current(engine) or '(none)'} (newest: {head()})")
+            return 0
+        before, after = upgrade(engine)
+        print(f"{where}: {before or '(empty)'} -> {after}")
+        return 0
+    except Exception as exc:  # the database's own error says what is wrong
+        print(f"asvat db: {where}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        engine.dispose()
+
+
+def _cmd_token(args: argparse.Namespace, settings: Settings) -> int:
+    from services.api import tokens
+    from services.api.db import make_engine, make_writer_factory
+    from services.api.migrate import upgrade
+
+    engine = make_engine(settings.resolved_database_url)
+    try:
+        upgrade(engine)  # a fresh data directory works at once
+        with make_writer_factory(engine).begin() as session:
+            if args.token_command == "create":
+                row, token = tokens.create(
+                    session=session, role=args.role, name=args.name, created_by="asvat token"
+                )
+                print(f"token {row.token_id} ({row.role}) named {row.name!r}; shown once:")
+                print(token)
+            elif args.token_command == "revoke":
+                row = tokens.revoke(session=session, which=args.which, revoked_by="asvat token")
+                print(f"revoked {row.token_id} ({row.role}) named {row.name!r}")
+            else:
+                print(f"{'id':<16} {'role':<10} {'created':<20} {'revoked':<20} name")
+                for row in tokens.list_tokens(session=session):
+                    revoked = f"{row.revoked_at:%Y-%m-%d %H:%M:%S}" if row.revoked_at else "-"
+                    print(
+                        f"{row.token_id:<16} {row.role:<10} "
+                        f"{row.created_at:%Y-%m-%d %H:%M:%S}  {revoked:<20} {row.name}"
+                    )
+        return 0
+    except tokens.TokenError as exc:
+        print(f"asvat token: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        engine.dispose()
 
 
 def _cmd_config(args: argparse.Namespace, settings: Settings) -> int:
@@ -180,9 +246,32 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--rate", type=float, default=40.0, help="events per second")
     demo.add_argument("--seed", type=int, default=2022)
     demo.add_argument(
+        "--token", default=None, help="token of role ingest (default: ASVAT_INGEST_TOKEN)"
+    )
+    demo.add_argument(
         "--limit", type=int, default=None, help="at most this many Northumbria incidents"
     )
     demo.set_defaults(func=_cmd_demo_feed)
+
+    db = sub.add_parser("db", help="the API database")
+    db_sub = db.add_subparsers(dest="db_command", required=True)
+    db_sub.add_parser("upgrade", help="migrate to the newest schema").set_defaults(func=_cmd_db)
+    db_sub.add_parser("current", help="show the schema revision").set_defaults(func=_cmd_db)
+
+    from asvat.auth import ROLES
+
+    token = sub.add_parser("token", help="bearer tokens for the API and ingest")
+    token_sub = token.add_subparsers(dest="token_command", required=True)
+    create_token = token_sub.add_parser("create", help="make a token; prints it last, once")
+    create_token.add_argument("--role", required=True, choices=ROLES)
+    create_token.add_argument("--name", default=None, help="who or what it is for (audit trail)")
+    create_token.set_defaults(func=_cmd_token)
+    token_sub.add_parser("list", help="every token (never the token)").set_defaults(
+        func=_cmd_token
+    )
+    revoke = token_sub.add_parser("revoke", help="revoke a token by id (or unique name)")
+    revoke.add_argument("which", help="token id (tok_…) or name")
+    revoke.set_defaults(func=_cmd_token)
 
     config = sub.add_parser("config", help="show the settings")
     config.add_argument("--markdown", action="store_true", help="the README's configuration table")

@@ -630,6 +630,7 @@ def feed(
     log: Callable[[str], object] = print,
     retry_for_s: float = 120.0,
     timeout_s: float = 30.0,
+    token: str | None = None,
 ) -> int:
     """POST ``events`` to the ingest service as NDJSON batches, about ``rate_per_s`` a second.
 
@@ -640,7 +641,7 @@ def feed(
     batch refused with another 4xx/5xx is logged and skipped: its events are counted as not
     accepted. ``stop`` ends the feed early (between batches and during waits). Returns the
     number of events the service accepted; logs a progress line about every 5 seconds and a
-    summary at the end.
+    summary at the end. ``token`` (role ingest) is sent as ``Authorization: Bearer``.
     """
     if not rate_per_s > 0:
         raise ValueError(f"rate_per_s must be positive, got {rate_per_s}")
@@ -662,7 +663,7 @@ def feed(
         if delay > 0 and stop.wait(delay):
             break
         body = "".join(json.dumps(e, separators=(",", ":")) + "\n" for e in chunk).encode()
-        got = _post_with_retry(url, body, len(chunk), stop, log, retry_for_s, timeout_s)
+        got = _post_with_retry(url, body, len(chunk), stop, log, retry_for_s, timeout_s, token)
         if got is None:  # stopped while retrying
             break
         sent += len(chunk)
@@ -687,6 +688,7 @@ def _post_with_retry(
     log: Callable[[str], object],
     retry_for_s: float,
     timeout_s: float,
+    token: str | None = None,
 ) -> int | None:
     deadline = time.monotonic() + retry_for_s
     backoff = 0.5
@@ -696,7 +698,11 @@ def _post_with_retry(
             url,
             data=body,
             method="POST",
-            headers={"Content-Type": "application/x-ndjson", "Accept": "application/json"},
+            headers={
+                "Content-Type": "application/x-ndjson",
+                "Accept": "application/json",
+                **({"Authorization": f"Bearer {token}"} if token else {}),
+            },
         )
         try:
             with urllib.request.urlopen(request, timeout=timeout_s) as response:

@@ -19,7 +19,18 @@ TOPIC_INCIDENTS = "asvat.incidents.v1"
 TOPIC_ASSESSMENTS = "asvat.assessments.v1"
 TOPIC_ESCALATIONS = "asvat.escalations.v1"
 TOPIC_LATE = "asvat.incidents.late.v1"
-ALL_TOPICS = (TOPIC_INCIDENTS, TOPIC_ASSESSMENTS, TOPIC_ESCALATIONS, TOPIC_LATE)
+TOPIC_REVIEWS = "asvat.reviews.v1"
+TOPIC_CASE_REVIEWS = "asvat.case-reviews.v1"
+TOPIC_INTEGRITY = "asvat.integrity.v1"
+ALL_TOPICS = (
+    TOPIC_INCIDENTS,
+    TOPIC_ASSESSMENTS,
+    TOPIC_ESCALATIONS,
+    TOPIC_LATE,
+    TOPIC_REVIEWS,
+    TOPIC_CASE_REVIEWS,
+    TOPIC_INTEGRITY,
+)
 
 EMBEDDED_BROKER_PORT = 19092
 
@@ -106,6 +117,21 @@ class Settings(BaseSettings):
         "before answering 503.",
     )
     log_level: str = Field("INFO", description="ASVAT_LOG_LEVEL: DEBUG, INFO, WARNING or ERROR.")
+    districts_geojson: Path | None = Field(
+        None,
+        description="ASVAT_DISTRICTS_GEOJSON: district boundaries (GeoJSON, WGS84; properties "
+        "`objectid` or `code`, and `district` or `name`). Unset: the shipped Northumbria file.",
+    )
+    wards_geojson: Path | None = Field(
+        None,
+        description="ASVAT_WARDS_GEOJSON: ward boundaries (GeoJSON, WGS84; properties "
+        "`ward_code` and `ward_name`). Unset: the shipped Northumbria file.",
+    )
+    cors_origins: str = Field(
+        "",
+        description="ASVAT_CORS_ORIGINS: comma-separated origins allowed to call the API from "
+        "a browser. Empty (the default): CORS closed, only the API's own dashboard.",
+    )
 
     @property
     def bootstrap(self) -> str:

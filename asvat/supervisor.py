@@ -1,9 +1,12 @@
 """``asvat up``: the whole system on one machine.
 
 Starts the embedded Tansu broker (unless ``ASVAT_KAFKA_BOOTSTRAP`` names a Kafka), creates
-the topics, then runs the worker, ingest and API as child processes. Prints the URLs and,
-as they arrive, each new escalation. Ctrl-C or SIGTERM stops everything in reverse order
-and waits for each process, so no orphan is left and every port is free again.
+the topics, migrates the API database and makes the tokens this run needs (an ``admin``
+token for the dashboard, printed in the banner, and an ``ingest`` token for the demo feed;
+both revoked when it stops), then runs the worker, ingest and API as child processes.
+Prints the URLs and, as they arrive, each new escalation. Ctrl-C or SIGTERM stops
+everything in reverse order and waits for each process, so no orphan is left and every
+port is free again.
 """
 
 from __future__ import annotations
@@ -55,6 +58,9 @@ class Supervisor:
         self.broker: EmbeddedBroker | None = None
         self.children: list[Child] = []
         self.stopping = threading.Event()
+        self.signalled: list[int] = []  # appended to by the signal handler, nothing else
+        self.tokens: dict[str, str] = {}  # role -> token made for this run
+        self._token_ids: list[str] = []
 
     def say(self, text: str) -> None:
         print(text, file=self.out, flush=True)
@@ -105,9 +111,45 @@ class Supervisor:
             bootstrap = self.broker.bootstrap
             self.say(f"Kafka: embedded Tansu broker on {bootstrap} (memory only)")
         ensure_topics(bootstrap, self.settings.topic_partitions)
+        self.prepare_database()
         for name in ("worker", "ingest", "api"):
             self.spawn(name, bootstrap)
         return bootstrap
+
+    def prepare_database(self) -> None:
+        """Migrate the API database (ingest checks tokens in it from its first request) and
+        make this run's tokens."""
+        from services.api import migrate, tokens
+        from services.api.db import make_engine, make_writer_factory
+
+        engine = make_engine(self.settings.resolved_database_url)
+        try:
+            migrate.upgrade(engine)
+            with make_writer_factory(engine).begin() as session:
+                for role, name in (("admin", "asvat up dashboard"), ("ingest", "asvat up feed")):
+                    row, token = tokens.create(
+                        session=session, role=role, name=name, created_by="asvat up"
+                    )
+                    self.tokens[role] = token
+                    self._token_ids.append(row.token_id)
+        finally:
+            engine.dispose()
+
+    def revoke_tokens(self) -> None:
+        if not self._token_ids:
+            return
+        from services.api import tokens
+        from services.api.db import make_engine, make_writer_factory
+
+        engine = make_engine(self.settings.resolved_database_url)
+        try:
+            with make_writer_factory(engine).begin() as session:
+                for token_id in self._token_ids:
+                    tokens.revoke(session=session, which=token_id, revoked_by="asvat up")
+        except Exception as exc:  # stopping goes on; the tokens can be revoked by hand
+            self.say(f"could not revoke this run's tokens ({exc}); see `asvat token list`")
+        finally:
+            engine.dispose()
 
     def wait_ready(self, timeout: float = 120.0) -> bool:
         s = self.settings
@@ -118,7 +160,7 @@ class Supervisor:
         }
         pending = dict(urls)
         deadline = time.monotonic() + timeout
-        while pending and time.monotonic() < deadline and not self.stopping.is_set():
+        while pending and time.monotonic() < deadline and not self.signalled:
             self.check_children()
             for name, url in list(pending.items()):
                 if _http_ok(url):
@@ -152,6 +194,7 @@ class Supervisor:
             child.log_file.close()
         if self.broker is not None:
             self.broker.stop()
+        self.revoke_tokens()
 
 
 class ChildExited(RuntimeError):
@@ -173,26 +216,30 @@ def _tail(path: Path, lines: int) -> str:
         return "(no log)"
 
 
-def _watch_escalations(api: str, out: IO[str], stop: threading.Event) -> None:
+def _watch_escalations(api: str, token: str, out: IO[str], stop: threading.Event) -> None:
     """Print each new escalation the API knows about (a console view of the live feed)."""
     seen: set[str] = set()
+    request = urllib.request.Request(
+        f"{api}/v1/escalations?limit=100", headers={"Authorization": f"Bearer {token}"}
+    )
     while not stop.wait(1.0):
         try:
-            with urllib.request.urlopen(f"{api}/v1/escalations?limit=100", timeout=2.0) as response:
+            with urllib.request.urlopen(request, timeout=2.0) as response:
                 items = json.loads(response.read())["items"]
         except (urllib.error.URLError, OSError, ValueError, KeyError):
             continue
         for item in reversed(items):
-            if item["escalation_id"] in seen:
+            seen_as = f"{item['escalation_id']}:{item.get('level')}"
+            if seen_as in seen:
                 continue
-            seen.add(item["escalation_id"])
+            seen.add(seen_as)
             subject = item["subject_key"]
             if item["subject_type"] == "victim":
                 subject = subject[:16]  # a pseudonym; the prefix is enough to tell them apart
+            rules = sorted({r["rule_id"] for r in item.get("reasons") or () if r.get("rule_id")})
             print(
-                f"ESCALATION {item['rule_id']}: {item['subject_type']} "
-                f"{subject} incident {item['incident_id']} "
-                f"({len(item['contributing_incident_ids'])} incidents)",
+                f"ESCALATION {item.get('level') or '?'}: {item['subject_type']} {subject} "
+                f"incident {item['incident_id']} (rules met: {', '.join(rules) or 'none'})",
                 file=out,
                 flush=True,
             )
@@ -200,10 +247,12 @@ def _watch_escalations(api: str, out: IO[str], stop: threading.Event) -> None:
 
 def run_up(settings: Settings, *, policy_path: Path | None, demo: bool, demo_rate: float) -> int:
     supervisor = Supervisor(settings, policy_path=policy_path)
-    stop_requested = threading.Event()
+    stop_requested = threading.Event()  # tells the watcher and demo threads to stop
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop_requested.set()
+        # Only a plain append here. Event.set() takes the lock that the interrupted main
+        # thread may be holding inside Event.wait(): a Ctrl-C then deadlocked asvat up.
+        supervisor.signalled.append(signum)
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
@@ -212,7 +261,7 @@ def run_up(settings: Settings, *, policy_path: Path | None, demo: bool, demo_rat
     started = time.monotonic()
     try:
         supervisor.start()
-        if not supervisor.wait_ready() and not stop_requested.is_set():
+        if not supervisor.wait_ready() and not supervisor.signalled:
             supervisor.say(
                 "asvat up: services did not become ready in time; see logs in "
                 + str(supervisor.logs)
@@ -225,20 +274,27 @@ def run_up(settings: Settings, *, policy_path: Path | None, demo: bool, demo_rat
             f"\nASVAT is up ({time.monotonic() - started:.1f} s).\n"
             f"  API:     {api}/v1/escalations  (docs {api}/docs)\n"
             f"  Ingest:  {ingest}/v1/incidents\n"
+            f"  Dashboard: {api}/dashboard/\n"
+            f"  Token (admin, for the dashboard and API; revoked when this stops):\n"
+            f"    {supervisor.tokens['admin']}\n"
             f"  Worker:  http://{s.worker_host}:{s.worker_port}/readyz\n"
             f"  Metrics: {api}/metrics {ingest}/metrics http://{s.worker_host}:{s.worker_port}/metrics\n"
             f"  Data:    {supervisor.data}  (logs in {supervisor.logs})\n"
             "Press Ctrl-C to stop.\n"
         )
         watcher = threading.Thread(
-            target=_watch_escalations, args=(api, supervisor.out, stop_requested), daemon=True
+            target=_watch_escalations,
+            args=(api, supervisor.tokens["admin"], supervisor.out, stop_requested),
+            daemon=True,
         )
         watcher.start()
         threads.append(watcher)
         if demo:
-            threads.append(_start_demo(ingest, demo_rate, stop_requested, supervisor))
-        while not stop_requested.wait(0.5):
+            feeder = supervisor.tokens["ingest"]
+            threads.append(_start_demo(ingest, feeder, demo_rate, stop_requested, supervisor))
+        while not supervisor.signalled:
             supervisor.check_children()
+            time.sleep(0.5)
     except PortInUseError as exc:
         print(f"asvat up: {exc}", file=sys.stderr)
         code = 1
@@ -256,7 +312,7 @@ def run_up(settings: Settings, *, policy_path: Path | None, demo: bool, demo_rat
 
 
 def _start_demo(
-    ingest: str, rate: float, stop: threading.Event, supervisor: Supervisor
+    ingest: str, token: str, rate: float, stop: threading.Event, supervisor: Supervisor
 ) -> threading.Thread:
     from asvat.demo import demo_burst, feed, northumbria_incidents
     from asvat.domain.timeutil import now_micros
@@ -271,7 +327,7 @@ def _start_demo(
             f"demo: feeding {len(burst)} scripted incidents, then {len(year)} real Northumbria "
             f"2022 ASB records (synthetic callers, time-shifted to end now) at {rate:g}/s"
         )
-        feed(ingest, burst + year, rate_per_s=rate, stop=stop, log=supervisor.say)
+        feed(ingest, burst + year, rate_per_s=rate, stop=stop, log=supervisor.say, token=token)
 
     thread = threading.Thread(target=run, name="demo-feed", daemon=True)
     thread.start()

@@ -19,6 +19,9 @@ import pytest
 from asvat.embedded.broker import EmbeddedBroker, ensure_topics
 from asvat.settings import Settings
 
+#: The API's fixtures (``database_url`` on SQLite and PostgreSQL, ``api``): tests/api_fixtures.py
+pytest_plugins = ["api_fixtures"]
+
 TEST_PARTITIONS = 4
 #: A test HMAC key (never a production one); at least 32 characters.
 TEST_HMAC_KEY = "test-only-hmac-key-0123456789abcdef"
@@ -117,6 +120,29 @@ def make_settings(data_dir: Path, **overrides: Any) -> Settings:
     }
     values.update(overrides)
     return Settings(**values)
+
+
+def issue_token(database_url: str, role: str, name: str | None = None) -> str:
+    """A new token of ``role`` in the API database at ``database_url`` (migrated first)."""
+    return issue_tokens(database_url, [role], name)[role]
+
+
+def issue_tokens(database_url: str, roles: list[str], name: str | None = None) -> dict[str, str]:
+    """A new token of each role in ``roles`` (the database is migrated first)."""
+    from services.api import migrate, tokens
+    from services.api.db import make_engine, make_writer_factory
+
+    engine = make_engine(database_url)
+    made: dict[str, str] = {}
+    try:
+        migrate.upgrade(engine)
+        with make_writer_factory(engine).begin() as session:
+            for role in roles:
+                label = f"{name or 'test'} {role}"
+                made[role] = tokens.create(session=session, role=role, name=label)[1]
+    finally:
+        engine.dispose()
+    return made
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ import contextlib
 import json
 import logging
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +36,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from asvat.contracts import validate_against
 from asvat.settings import TOPIC_ASSESSMENTS, TOPIC_ESCALATIONS
 from services.api import service
+from services.api.areas import AreaIndex
 from services.api.metrics import ApiMetrics
 
 log = logging.getLogger(__name__)
@@ -101,7 +102,9 @@ def decode(topic: str, value: bytes | None) -> dict[str, Any]:
 
 
 def store_batch(
-    session_factory: sessionmaker[Session], messages: Sequence[Message]
+    session_factory: sessionmaker[Session],
+    messages: Sequence[Message],
+    areas: AreaIndex | None = None,
 ) -> list[Rejected]:
     """Write ``messages`` in one transaction; returns the ones that could not be stored.
 
@@ -114,7 +117,7 @@ def store_batch(
         return []
     try:
         with session_factory.begin() as session:
-            _write(session, messages)
+            _write(session, messages, areas)
         return []
     except (SQLAlchemyError, service.PayloadError) as exc:
         if _database_unavailable(exc):
@@ -124,7 +127,7 @@ def store_batch(
     for message in messages:
         try:
             with session_factory.begin() as session:
-                _write(session, [message])
+                _write(session, [message], areas)
         except (SQLAlchemyError, service.PayloadError) as exc:
             if _database_unavailable(exc):
                 raise DatabaseUnavailable(_describe(exc)) from exc
@@ -141,13 +144,16 @@ def _database_unavailable(exc: Exception) -> bool:
     return isinstance(exc, DBAPIError) and exc.connection_invalidated
 
 
-def _write(session: Session, messages: Sequence[Message]) -> None:
+def _write(session: Session, messages: Sequence[Message], areas: AreaIndex | None) -> None:
     assessments = [m.payload for m in messages if m.topic == TOPIC_ASSESSMENTS]
     escalations = [m.payload for m in messages if m.topic == TOPIC_ESCALATIONS]
+    # Every transaction that may append to the alert feed takes its lock first.
+    service.lock_feed(session)
+    # Assessments first: a victim escalation is placed where its incident is.
     if assessments:
-        service.upsert_assessments(session=session, payloads=assessments)
+        service.upsert_assessments(session=session, payloads=assessments, areas=areas)
     if escalations:
-        new = service.record_escalations(session=session, payloads=escalations)
+        new = service.record_escalations(session=session, payloads=escalations, areas=areas)
         if new < len(escalations):
             log.debug("%d redelivered escalation(s) ignored", len(escalations) - new)
 
@@ -187,12 +193,16 @@ class ApiConsumer:
         session_factory: sessionmaker[Session],
         metrics: ApiMetrics,
         topics: Sequence[str] = (TOPIC_ASSESSMENTS, TOPIC_ESCALATIONS),
+        areas: AreaIndex | None = None,
+        on_stored: Callable[[], None] | None = None,
     ) -> None:
         self.bootstrap = bootstrap
         self.group_id = group_id
         self.topics = tuple(topics)
         self._session_factory = session_factory
         self._metrics = metrics
+        self._areas = areas
+        self._on_stored = on_stored or (lambda: None)
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -281,7 +291,9 @@ class ApiConsumer:
     def _handle(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> list[Rejected]:
         """Decode and store one batch; the messages set aside (raises DatabaseUnavailable)."""
         messages, rejected = _decode_all(records)
-        return rejected + store_batch(self._session_factory, messages)
+        stored = rejected + store_batch(self._session_factory, messages, self._areas)
+        self._on_stored()  # wake the live alert streams
+        return stored
 
     def _account(
         self, records: Sequence[ConsumerRecord[bytes, bytes]], rejected: Sequence[Rejected]

@@ -3,7 +3,9 @@
 SQLite (the embedded default) and PostgreSQL (production) are both first-class. SQLite
 connections get write-ahead logging (readers never block the consumer's writes), foreign
 keys, and a busy timeout so the consumer and the HTTP threads wait for each other instead of
-failing with "database is locked".
+failing with "database is locked". Transactions that write (:func:`make_writer_factory`)
+begin ``IMMEDIATE`` on SQLite: they take the write lock before they read, so a read-then-
+write transaction never fails half-way because another writer committed meanwhile.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 SQLITE_BUSY_TIMEOUT_MS = 5_000
 POSTGRES_CONNECT_TIMEOUT_S = 5
+POSTGRES_POOL_SIZE = 10
+POSTGRES_POOL_OVERFLOW = 30
 
 
 def make_engine(url: str) -> Engine:
@@ -29,11 +33,15 @@ def make_engine(url: str) -> Engine:
         # The consumer writes from a worker thread and requests read from others; the
         # pool hands each connection to one thread at a time.
         connect_args["check_same_thread"] = False
-    elif parsed.get_backend_name() == "postgresql":
+    pool: dict[str, Any] = {}
+    if parsed.get_backend_name() == "postgresql":
         connect_args["connect_timeout"] = POSTGRES_CONNECT_TIMEOUT_S
-    engine = create_engine(parsed, pool_pre_ping=True, connect_args=connect_args)
+        # As many connections as request threads can use at once (anyio's pool: 40).
+        pool = {"pool_size": POSTGRES_POOL_SIZE, "max_overflow": POSTGRES_POOL_OVERFLOW}
+    engine = create_engine(parsed, pool_pre_ping=True, connect_args=connect_args, **pool)
     if parsed.get_backend_name() == "sqlite":
         event.listen(engine, "connect", _sqlite_on_connect)
+        event.listen(engine, "begin", _sqlite_begin)
     return engine
 
 
@@ -42,7 +50,14 @@ def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
 
+def make_writer_factory(engine: Engine) -> sessionmaker[Session]:
+    """Sessions for transactions that write: ``BEGIN IMMEDIATE`` on SQLite."""
+    return sessionmaker(engine.execution_options(sqlite_begin="IMMEDIATE"), expire_on_commit=False)
+
+
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    # The driver's own implicit BEGIN is turned off; _sqlite_begin emits ours.
+    dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     try:
         cursor.execute("PRAGMA journal_mode=WAL")
@@ -50,6 +65,11 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
     finally:
         cursor.close()
+
+
+def _sqlite_begin(connection: Any) -> None:
+    mode = connection.get_execution_options().get("sqlite_begin", "DEFERRED")
+    connection.exec_driver_sql(f"BEGIN {mode}")
 
 
 def _ensure_sqlite_parent(database: str | None) -> None:

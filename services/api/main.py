@@ -8,8 +8,11 @@ import sys
 
 import uvicorn
 
+from asvat.logs import configure_logging
 from asvat.settings import Settings, load_settings
 from services.api.app import create_app
+
+GRACEFUL_SHUTDOWN_S = 3
 
 
 def run(settings: Settings) -> None:
@@ -17,6 +20,7 @@ def run(settings: Settings) -> None:
 
     Exits with status 1 and one line on stderr if the port is taken.
     """
+    configure_logging(settings, "api")
     try:
         sock = bind_socket(settings.api_host, settings.api_port)
     except OSError as exc:
@@ -38,6 +42,9 @@ def run(settings: Settings) -> None:
         host=settings.api_host,
         port=settings.api_port,
         log_level=settings.log_level.lower(),
+        log_config=None,  # uvicorn's records go to the JSON handler configure_logging set
+        # Live alert streams never end by themselves: give them this long, then close them.
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
     )
     # Serve on the socket bound above: no window for another process to take the port.
     uvicorn.Server(config).run(sockets=[sock])

@@ -14,8 +14,9 @@ import logging
 import time
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -23,13 +24,16 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 
+from asvat.auth import AuthUnavailable, Principal, allows, lookup, lookup_engine
 from asvat.contracts import FieldError, validate_incident
 from asvat.domain.identity import pseudonymise_event
 from asvat.domain.policy import Policy
 from asvat.domain.timeutil import MICROS_PER_SECOND, format_timestamp, now_micros
 from asvat.keys import load_hmac_key
+from asvat.logs import ids_of
 from asvat.settings import Settings
 from services.ingest.publisher import BrokerUnavailable, Publisher
 
@@ -76,6 +80,12 @@ class IngestMetrics:
             "asvat_ingest_publish_seconds",
             "Time to publish one request's records and receive every acknowledgement.",
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+            registry=self.registry,
+        )
+        self.dead_letters = Counter(
+            "asvat_ingest_dead_letters",
+            "Incident records set aside in a dead-letter store instead of being published "
+            "(none are yet: a record is either published or refused to the client).",
             registry=self.registry,
         )
         for reason in (
@@ -212,12 +222,39 @@ def policy_code_errors(record: Any, policy: Policy | None) -> list[FieldError]:
     return errors
 
 
-def create_app(settings: Settings, publisher: Publisher, policy: Policy | None = None) -> FastAPI:
+def create_app(
+    settings: Settings,
+    publisher: Publisher,
+    policy: Policy | None = None,
+    *,
+    tokens: Engine | None = None,
+) -> FastAPI:
     """The ingest app; ``publisher`` is where pseudonymised records go (closed by the caller).
 
     With a ``policy`` whose ``unknown_code`` is ``reject``, a code it does not list is a bad
     record (422), so that it is refused at the door rather than set aside by the worker.
+    Posting needs a bearer token of role ``ingest``, checked read-only against the API
+    database (``tokens``; default: an engine on ``ASVAT_DATABASE_URL``).
     """
+    token_engine = tokens if tokens is not None else lookup_engine(settings.resolved_database_url)
+    bearer = HTTPBearer(auto_error=False, description="A token of role ingest.")
+
+    async def ingest_token(
+        credentials: HTTPAuthorizationCredentials | None = Depends(bearer),  # noqa: B008
+    ) -> Principal:
+        challenge = {"WWW-Authenticate": 'Bearer realm="asvat-ingest"'}
+        if credentials is None:
+            raise HTTPException(401, "a bearer token is required", headers=challenge)
+        try:
+            principal = await run_in_threadpool(lookup, token_engine, credentials.credentials)
+        except AuthUnavailable as exc:
+            raise HTTPException(503, str(exc)) from exc
+        if principal is None:
+            raise HTTPException(401, "unknown or revoked token", headers=challenge)
+        if not allows(principal.role, "ingest"):
+            raise HTTPException(403, f"role {principal.role!r} cannot post incidents")
+        return principal
+
     key, key_id = load_hmac_key(settings)
     future_skew_us = settings.future_skew_seconds * MICROS_PER_SECOND
     metrics = IngestMetrics()
@@ -245,6 +282,7 @@ def create_app(settings: Settings, publisher: Publisher, policy: Policy | None =
         "/v1/incidents",
         status_code=202,
         summary="Submit incident events (JSON object, JSON array or NDJSON)",
+        dependencies=[Depends(ingest_token)],
     )
     async def post_incidents(request: Request) -> Response:
         try:
@@ -301,7 +339,7 @@ def create_app(settings: Settings, publisher: Publisher, policy: Policy | None =
         except BrokerUnavailable as exc:
             metrics.publish_seconds.observe(time.perf_counter() - started)
             metrics.rejected.labels(reason="broker_unavailable").inc(len(out))
-            log.warning("publish of %d records failed: %s", len(out), exc)
+            log.warning("publish of %d records failed: %s", len(out), exc, extra=ids_of(valid))
             return JSONResponse(
                 status_code=503,
                 headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
@@ -315,7 +353,7 @@ def create_app(settings: Settings, publisher: Publisher, policy: Policy | None =
             )
         metrics.publish_seconds.observe(time.perf_counter() - started)
         metrics.accepted.inc(len(out))
-        log.info("accepted %d records: %s", len(out), _event_ids(valid))
+        log.info("accepted %d records: %s", len(out), _event_ids(valid), extra=ids_of(valid))
         return JSONResponse(
             status_code=202,
             content={"accepted": len(out), "event_ids": [str(r["event_id"]) for r in valid]},

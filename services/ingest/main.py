@@ -15,6 +15,7 @@ from asvat.embedded.broker import (
     ping_broker,
 )
 from asvat.keys import HmacKeyError
+from asvat.logs import configure_logging
 from asvat.settings import Settings
 from services.ingest.app import create_app
 from services.ingest.publisher import KafkaPublisher
@@ -30,12 +31,7 @@ def run(settings: Settings, policy: Policy | None = None) -> int:
 
     With a ``policy`` that rejects unknown codes, ingest refuses them with 422.
     """
-    if not logging.getLogger().handlers:
-        logging.basicConfig(
-            level=settings.log_level.upper(),
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        )
-    logging.getLogger("kafka").setLevel(logging.WARNING)  # kafka-python is chatty at INFO
+    configure_logging(settings, "ingest")
     try:
         ensure_port_free(settings.ingest_host, settings.ingest_port, "ingest HTTP")
         publisher = KafkaPublisher(
@@ -57,6 +53,7 @@ def run(settings: Settings, policy: Policy | None = None) -> int:
             host=settings.ingest_host,
             port=settings.ingest_port,
             log_level=settings.log_level.lower(),
+            log_config=None,  # uvicorn's records go to the JSON handler configure_logging set
             access_log=False,
         )
     finally:

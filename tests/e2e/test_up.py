@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -45,15 +47,22 @@ def port_free(port: int) -> bool:
         return True
 
 
+#: Tokens for the module's system: set by the ``system`` fixture.
+TOKENS: dict[str, str] = {}
+
+
 def http(
     method: str, url: str, body: Any = None, content_type: str = "application/json"
 ) -> tuple[int, Any]:
+    """A request with the token its service needs (ingest: role ingest; API: admin)."""
     data = None
     if body is not None:
         data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
-    request = urllib.request.Request(
-        url, data=data, method=method, headers={"Content-Type": content_type}
-    )
+    headers = {"Content-Type": content_type}
+    token = TOKENS.get("ingest" if urllib.parse.urlsplit(url).path == "/v1/incidents" else "api")
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=15) as response:
             return response.status, json.loads(response.read() or b"null")
@@ -108,14 +117,34 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
         )
     up = System(process, data_dir, ports, output)
     deadline = time.monotonic() + 120
-    while "ASVAT is up" not in output.read_text():
+    while "Press Ctrl-C to stop" not in output.read_text():
         assert process.poll() is None, f"asvat up exited early:\n{output.read_text()}"
         assert time.monotonic() < deadline, f"asvat up not ready in 120 s:\n{output.read_text()}"
         time.sleep(0.5)
+    banner = output.read_text()
+    admin = re.search(r"Token \(admin[^\n]*\n\s+(asvat_\S+)", banner)
+    assert admin, f"no admin token in the banner:\n{banner}"
+    TOKENS["api"] = admin.group(1)
+    TOKENS["ingest"] = make_token(data_dir, ports, "ingest")
+    status, _ = http("GET", f"{up.api}/v1/escalations")
+    assert status == 200, "the banner's token should read the API"
     yield up
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
         process.wait(60)
+
+
+def make_token(data_dir: Path, ports: dict[str, int], role: str) -> str:
+    """``asvat token create`` against the system's database; the token is the last line."""
+    result = subprocess.run(
+        [sys.executable, "-m", "asvat", "token", "create", "--role", role, "--name", "e2e"],
+        env=system_env(data_dir, ports),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip().splitlines()[-1]
 
 
 def incident(n: int, phone: str, day: int) -> dict[str, Any]:
@@ -161,16 +190,20 @@ def test_three_reports_with_three_phone_spellings_raise_one_victim_escalation(
     def victim_escalation() -> dict[str, Any] | None:
         status, body = http("GET", f"{system.api}/v1/escalations?subject_type=victim")
         assert status == 200
-        found = [e for e in body["items"] if e["rule_id"] == "victim-28d"]
+        found = [e for e in body["items"] if e["incident_id"] == "E2E-2"]
         return found[0] if found else None
 
-    escalation = wait_for(victim_escalation, 60, "the victim-28d escalation in the API")
-    assert escalation["incident_id"] == "E2E-2"
-    assert escalation["contributing_incident_ids"] == ["E2E-0", "E2E-1", "E2E-2"]
+    escalation = wait_for(victim_escalation, 60, "the victim's escalation in the API")
+    # Personal ASB, isolation, three reports in 28 days: victim-28d and case-review met.
+    assert escalation["level"] == "high"
+    rules = {r["rule_id"]: r for r in escalation["reasons"] if r["factor"] == "rule"}
+    assert rules["victim-28d"]["incident_ids"] == ["E2E-0", "E2E-1", "E2E-2"]
+    assert {"asb_category", "vulnerability"} <= {r["factor"] for r in escalation["reasons"]}
     status, assessment = http("GET", f"{system.api}/v1/incidents/E2E-2/assessment")
     assert status == 200
     assert assessment["incident_id"] == "E2E-2"
     assert "victim-28d" in assessment["rules_met"]
+    assert assessment["risk_level"] == "high" and assessment["case_review_threshold_met"]
     status, first = http("GET", f"{system.api}/v1/incidents/E2E-0/assessment")
     assert status == 200 and first["rules_met"] == []
 
@@ -308,9 +341,15 @@ def test_live_assessments_equal_the_offline_replay(system: System, tmp_path: Pat
     from asvat.demo import feed, northumbria_incidents
 
     events = northumbria_incidents(seed=11, limit=400, shift_to=datetime.now(tz=UTC))
-    assert feed(system.ingest, events, rate_per_s=2000, batch=100, log=lambda _: None) == len(
-        events
+    accepted = feed(
+        system.ingest,
+        events,
+        rate_per_s=2000,
+        batch=100,
+        log=lambda _: None,
+        token=TOKENS["ingest"],
     )
+    assert accepted == len(events)
     source = tmp_path / "events.jsonl"
     source.write_text("".join(json.dumps(e) + "\n" for e in events))
     output = tmp_path / "replay.jsonl"

@@ -20,18 +20,18 @@ from typing import Any, cast
 import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from api_fixtures import current_examples
+from conftest import issue_token
 from kafka import KafkaProducer
 
 from asvat.embedded.broker import EmbeddedBroker, ensure_topics
 from asvat.settings import TOPIC_ASSESSMENTS, TOPIC_ESCALATIONS, Settings
-from services.api import service
+from services.api import migrate, service
 from services.api.app import create_app
 from services.api.consumer import ApiConsumer
 from services.api.db import make_engine, make_session_factory
 from services.api.metrics import ApiMetrics
-from services.api.models import metadata
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "schemas" / "examples"
 WAIT_S = 20.0
 
 pytestmark = pytest.mark.anyio
@@ -45,7 +45,14 @@ def anyio_backend() -> str:
 
 
 def example(name: str) -> dict[str, Any]:
-    payload: dict[str, Any] = json.loads((EXAMPLES / name).read_text(encoding="utf-8"))
+    """A current, schema-valid example: the consumer checks every message against it."""
+    kind, _, which = name.partition("/")
+    examples = current_examples(kind)
+    escalations = {"victim": 0, "location": 0}
+    assessments = {"victim-repeat": -1, "other": 0}
+    payload = examples[(escalations if kind == "escalation.v1" else assessments)[which]]
+    if name == "escalation.v1/location":
+        payload = payload | {"subject_type": "location", "subject_key": "uprn:1"}
     return payload
 
 
@@ -55,9 +62,10 @@ def sha256(text: str) -> str:
 
 def victim_escalation(tag: str, raised_at: str) -> dict[str, Any]:
     """A valid victim escalation unique to ``tag``."""
-    payload = example("escalation.v1/victim-28d.json")
+    payload = example("escalation.v1/victim")
     payload["subject_key"] = sha256(tag)
     payload["escalation_id"] = sha256(f"victim|{payload['subject_key']}|victim-28d")
+    payload["event_id"] = sha256(f"event|{payload['escalation_id']}")
     payload["incident_id"] = f"T-{tag}"
     payload["raised_at"] = raised_at
     return payload
@@ -83,11 +91,15 @@ def encode(payload: dict[str, Any]) -> bytes:
 
 @asynccontextmanager
 async def running_api(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    """The whole app, consumer included, behind an in-process HTTP client."""
+    """The whole app, consumer included, behind an in-process HTTP client (viewer token)."""
+    token = issue_token(settings.resolved_database_url, "viewer")
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+        headers = {"Authorization": f"Bearer {token}"}
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://api", headers=headers
+        ) as client:
             yield client
 
 
@@ -121,17 +133,18 @@ async def test_consumer_stores_batches_idempotently_and_sets_aside_malformed(
 ) -> None:
     tag = uuid.uuid4().hex[:10]
     incident = f"T-{tag}-1"
-    first = example("assessment.v1/victim-repeat.json") | {"incident_id": incident}
+    first = example("assessment.v1/victim-repeat") | {"incident_id": incident}
     latest = first | {
         "rules_met": ["case-review", "victim-28d"],
         "assessed_at": "2024-03-02T09:00:00Z",
     }
-    other = example("assessment.v1/cancelled-anonymous.json") | {"incident_id": f"T-{tag}-2"}
+    other = example("assessment.v1/other") | {"incident_id": f"T-{tag}-2"}
     victim = victim_escalation(tag, "2024-03-01T21:15:02.120Z")
     redelivered = victim | {"raised_at": "2024-03-03T00:00:00Z"}
-    location = example("escalation.v1/location-7d-100m.json")
+    location = example("escalation.v1/location")
     location["subject_key"] = f"uprn:{int(tag, 16) % 10**12}"
     location["escalation_id"] = sha256(f"location|{location['subject_key']}|location-7d-100m")
+    location["event_id"] = sha256(f"event|{location['escalation_id']}")
     no_rules = {k: v for k, v in first.items() if k != "rules_met"}
 
     landed = produce(
@@ -182,7 +195,7 @@ async def test_consumer_stores_batches_idempotently_and_sets_aside_malformed(
         assert response.json() == other
         items = (await client.get("/v1/escalations", params={"limit": 500})).json()["items"]
         mine = [i for i in items if i["escalation_id"] == victim["escalation_id"]]
-        assert mine == [victim]  # once, as first delivered; the redelivery is ignored
+        assert [i["payload"] for i in mine] == [victim]  # once, as first delivered
 
         text = (await client.get("/metrics")).text
         assert metric(text, "asvat_api_messages_consumed_total", TOPIC_ESCALATIONS) >= 4
@@ -310,8 +323,8 @@ async def test_a_batch_the_database_refuses_is_read_again_and_committed_once_sto
     engine = make_engine(f"sqlite:///{tmp_path / 'api.db'}")
     escalations = TopicPartition(TOPIC_ESCALATIONS, 2)
     assessments = TopicPartition(TOPIC_ASSESSMENTS, 0)
-    escalation = example("escalation.v1/victim-28d.json")
-    assessment = example("assessment.v1/victim-repeat.json")
+    escalation = example("escalation.v1/victim")
+    assessment = example("assessment.v1/victim-repeat")
     metrics = ApiMetrics()
     consumer = ApiConsumer(
         bootstrap="unused:9092",
@@ -323,7 +336,7 @@ async def test_a_batch_the_database_refuses_is_read_again_and_committed_once_sto
         {escalations: [b"[]", encode(escalation)], assessments: [encode(assessment)]},
         when_done=consumer._stopping.set,
     )
-    kafka.on_seek = lambda: metadata.create_all(engine)
+    kafka.on_seek = lambda: migrate.upgrade(engine) and None
     try:
         await asyncio.wait_for(consumer._consume(cast(AIOKafkaConsumer, kafka)), 10)
         assert sorted(kafka.seeks) == [(assessments, 0), (escalations, 0)]

@@ -8,86 +8,36 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
-import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import AsyncExitStack
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
 import pytest
+from api_fixtures import NO_BROKER, Api, example
 from fastapi import FastAPI
-from psycopg import sql
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from asvat.settings import TOPIC_ASSESSMENTS, TOPIC_ESCALATIONS, Settings
-from services.api import service
+from services.api import migrate, service
 from services.api.app import create_app
 from services.api.consumer import DatabaseUnavailable, Message, store_batch
 from services.api.db import make_engine, make_session_factory
 from services.api.main import bind_socket, run
-from services.api.models import Assessment, Escalation, metadata
-
-EXAMPLES = Path(__file__).resolve().parents[2] / "schemas" / "examples"
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
-PG_START = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
-#: Nothing listens here: the broker the HTTP tests run without.
-NO_BROKER = "127.0.0.1:9"
+from services.api.models import Assessment, Escalation
 
 pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A fresh, empty database: a SQLite file, or a PostgreSQL schema of its own."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'api.db'}"
-        return
-    admin = connect_postgres()
-    schema = f"asvat_test_{uuid.uuid4().hex[:12]}"
-    with admin:
-        admin.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
-        try:
-            yield f"postgresql+psycopg://postgres@127.0.0.1:5432/test?options=-csearch_path%3D{schema}"
-        finally:
-            admin.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
-
-
-def connect_postgres() -> psycopg.Connection[Any]:
-    """An autocommit connection to the test database, or a failure saying how to start it."""
-    problem = ""
-    try:
-        return psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as exc:
-        problem = " ".join(str(exc).split())
-    pytest.fail(
-        f"PostgreSQL is not reachable at {PG_ADMIN} ({problem}). Start it with: {PG_START}",
-        pytrace=False,
-    )
-
-
-@pytest.fixture
 def sessions(database_url: str) -> Iterator[sessionmaker[Session]]:
     engine = make_engine(database_url)
-    metadata.create_all(engine)
+    migrate.upgrade(engine)
     try:
         yield make_session_factory(engine)
     finally:
         engine.dispose()
-
-
-def example(name: str) -> dict[str, Any]:
-    payload: dict[str, Any] = json.loads((EXAMPLES / name).read_text(encoding="utf-8"))
-    return payload
 
 
 def escalation(subject_type: str, subject: str, rule: str, raised_at: str) -> dict[str, Any]:
@@ -258,20 +208,11 @@ def test_store_batch_tells_an_unavailable_database_from_a_bad_row() -> None:
 
 
 @pytest.fixture
-async def client(
-    database_url: str, settings_factory: Callable[..., Settings]
-) -> AsyncIterator[httpx.AsyncClient]:
-    """The app without its consumer, lifespan run, seeded with the LISTED escalations."""
-    app = create_app(
-        settings_factory(database_url=database_url, kafka_bootstrap=NO_BROKER),
-        start_consumer=False,
-    )
-    async with AsyncExitStack() as stack:
-        await stack.enter_async_context(app.router.lifespan_context(app))
-        seed(app)
-        yield await stack.enter_async_context(
-            httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api")
-        )
+async def client(api: Api) -> httpx.AsyncClient:
+    """The app's client with a viewer token, the database seeded with LISTED."""
+    seed(api.app)
+    api.client.headers.update(api.as_("viewer"))
+    return api.client
 
 
 def seed(app: FastAPI) -> None:
@@ -285,10 +226,19 @@ def seed(app: FastAPI) -> None:
 async def test_http_escalations(client: httpx.AsyncClient) -> None:
     response = await client.get("/v1/escalations")
     assert response.status_code == 200
-    assert response.json() == {"items": NEWEST_FIRST, "count": 4}
+    body = response.json()
+    assert [item["payload"] for item in body["items"]] == NEWEST_FIRST
+    assert body["count"] == 4
+    assert body["next_cursor"] is None
+    first = body["items"][0]
+    assert first["escalation_id"] == NEWEST_FIRST[0]["escalation_id"]
+    assert (first["status"], first["level"], first["rule_id"]) == ("open", None, "case-review")
+    assert first["raised_at"] == "2024-03-02T09:30:00Z"
 
     response = await client.get("/v1/escalations", params={"subject_type": "location", "limit": 1})
-    assert response.json() == {"items": [LISTED[3]], "count": 1}
+    body = response.json()
+    assert [item["payload"] for item in body["items"]] == [LISTED[3]]
+    assert body["count"] == 1 and body["next_cursor"]
 
     for bad in ({"limit": 0}, {"limit": 501}, {"limit": "many"}, {"subject_type": "street"}):
         response = await client.get("/v1/escalations", params=bad)
@@ -331,7 +281,7 @@ async def test_http_health_readiness_and_metrics(client: httpx.AsyncClient) -> N
     )
     assert 'asvat_api_requests_total{method="GET",route="/readyz",status="503"} 1.0' in text
     assert 'route="<unmatched>",status="404"' in text
-    assert 'asvat_api_request_seconds_count{route="/healthz"} 1.0' in text
+    assert 'asvat_api_request_seconds_count{route="/healthz",status="200"} 1.0' in text
     assert 'asvat_api_messages_consumed_total{topic="asvat.assessments.v1"} 0.0' in text
     assert 'asvat_api_messages_invalid_total{topic="asvat.escalations.v1"} 0.0' in text
 

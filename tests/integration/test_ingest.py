@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import TEST_HMAC_KEY, TopicRecord, free_port
+from conftest import TEST_HMAC_KEY, TopicRecord, free_port, issue_token
 from fastapi.testclient import TestClient
 
+from asvat.auth import hash_token
 from asvat.contracts import validate_against
 from asvat.domain.identity import victim_key
 from asvat.embedded.broker import EmbeddedBroker
@@ -74,7 +75,9 @@ class Ingest:
             timeout=settings.publish_timeout_seconds,
         )
         self.app = create_app(settings, self.publisher)
-        self.client = TestClient(self.app)
+        self.database_url = settings.resolved_database_url
+        self.token = issue_token(self.database_url, "ingest")
+        self.client = TestClient(self.app, headers={"Authorization": f"Bearer {self.token}"})
 
     def post(self, body: Any) -> Any:
         return self.client.post("/v1/incidents", json=body)
@@ -358,3 +361,41 @@ def test_production_without_a_key_does_not_start(
     )
     assert run(settings) == 1
     assert "ASVAT_HMAC_KEY_FILE" in capsys.readouterr().err
+
+
+
+def test_posting_needs_an_ingest_token(make_ingest: Callable[..., Ingest]) -> None:
+    # Refused at the door, before anything is published: no broker is needed for that.
+    ingest = make_ingest(f"127.0.0.1:{free_port()}", publish_timeout_seconds=1.0)
+    bare = TestClient(ingest.app)
+
+    def post(token: str | None) -> Any:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return bare.post("/v1/incidents", json=incident(), headers=headers)
+
+    response = post(None)
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"].startswith("Bearer")
+    assert post("asvat_not-a-token").status_code == 401
+    response = post(issue_token(ingest.database_url, "admin"))
+    assert response.status_code == 403
+    assert "cannot post incidents" in response.json()["detail"]
+    # The right role gets in (and meets the missing broker: 503, not 401).
+    assert post(ingest.token).status_code == 503
+    revoke(ingest.database_url, ingest.token)
+    assert post(ingest.token).status_code == 401
+    assert bare.get("/healthz").status_code == 200  # health needs no token
+
+
+def revoke(database_url: str, token: str) -> None:
+    from services.api import tokens
+    from services.api.db import make_engine, make_writer_factory
+    from services.api.models import ApiToken
+
+    engine = make_engine(database_url)
+    try:
+        with make_writer_factory(engine).begin() as session:
+            row = session.query(ApiToken).filter_by(token_hash=hash_token(token)).one()
+            tokens.revoke(session=session, which=row.token_id)
+    finally:
+        engine.dispose()

@@ -255,6 +255,7 @@ class _Ingest(BaseHTTPRequestHandler):
     busy: ClassVar[int] = 0
     received: ClassVar[list[list[dict[str, Any]]]] = []
     content_types: ClassVar[list[str]] = []
+    authorizations: ClassVar[list[str | None]] = []
     lock: ClassVar[threading.Lock] = threading.Lock()
 
     def do_POST(self) -> None:
@@ -268,6 +269,7 @@ class _Ingest(BaseHTTPRequestHandler):
             lines = [json.loads(line) for line in body.decode().splitlines() if line]
             self.received.append(lines)
             self.content_types.append(self.headers["Content-Type"])
+            self.authorizations.append(self.headers.get("Authorization"))
         self._answer(202, {"accepted": len(lines), "rejected": []})
 
     def _answer(self, status: int, doc: dict[str, Any]) -> None:
@@ -290,7 +292,11 @@ def _free_port() -> int:
 
 @contextmanager
 def _serve(port: int, busy: int = 0) -> Iterator[type[_Ingest]]:
-    handler = type("Ingest", (_Ingest,), {"busy": busy, "received": [], "content_types": []})
+    handler = type(
+        "Ingest",
+        (_Ingest,),
+        {"busy": busy, "received": [], "content_types": [], "authorizations": []},
+    )
     server = ThreadingHTTPServer(("127.0.0.1", port), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -307,9 +313,15 @@ def test_feed_posts_ndjson_batches_and_retries_a_busy_ingest() -> None:
     lines: list[str] = []
     with _serve(port, busy=2) as handler:
         accepted = feed(
-            f"http://127.0.0.1:{port}", events, rate_per_s=10_000, batch=25, log=lines.append
+            f"http://127.0.0.1:{port}",
+            events,
+            rate_per_s=10_000,
+            batch=25,
+            log=lines.append,
+            token="asvat_test-token",
         )
         assert accepted == len(events)
+        assert set(handler.authorizations) == {"Bearer asvat_test-token"}
         assert [e for b in handler.received for e in b] == events
         assert max(len(b) for b in handler.received) == 25
         assert set(handler.content_types) == {"application/x-ndjson"}
