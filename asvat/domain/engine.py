@@ -23,11 +23,13 @@ longest window plus ``max_lateness`` behind that newest time can no longer affec
 affected by any event that will be applied, so they are pruned a day at a time.
 
 Cost (``bench/engine.py`` measures it): ``apply`` runs once per incident event, so it looks
-a subject's timeline and grid cells up once per event, uses no generators, and builds an
+a subject's timeline and grid cells up once per event, uses no generators, builds an
 :class:`Assessment` only when it is issued (whether it changed is decided on a hash of the
-counts and ids). Memory is kept per retained incident: a record holds only what the rules
-read (the event holds the rest), and a victim's timeline, of which there are many and most
-short, is a single list searched with ``bisect``'s ``key``.
+counts and ids), and skips the search for windows that hold a new incident when none of its
+subjects has a later one (the usual case: events come roughly in time order). Memory is
+kept per retained incident: a record holds only what the rules read (the event holds the
+rest), a superseded record is dropped at once, and a victim's timeline, of which there are
+many and most short, is a single list searched with ``bisect``'s ``key``.
 """
 
 from __future__ import annotations
