@@ -130,6 +130,9 @@ async def api(
     )
     async with AsyncExitStack() as stack:
         await stack.enter_async_context(app.router.lifespan_context(app))
+        # Tests read their own writes at once; serving the previous answer for a moment
+        # while the new one is made is tested on its own (tests/unit/test_pages.py).
+        app.state.api.pages.stale_s = 0.0
         tokens = issue_tokens(database_url, list(ROLES))
         client = await stack.enter_async_context(
             httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api")

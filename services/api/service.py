@@ -574,8 +574,9 @@ def sort_values(row: Any, sort: str) -> list[Any]:
     return [row.raised_at, row.escalation_id]
 
 
-def summary(row: Any) -> dict[str, Any]:
-    """An escalation as the API shows it: handling state, place, and why."""
+def summary(row: Any, include_payload: bool = True) -> dict[str, Any]:
+    """An escalation as the API shows it: handling state, place, and why (and the latest
+    message as received, unless ``include_payload`` is false)."""
     payload = row.payload or {}
     tasking = payload.get("tasking")
     tasking = tasking if isinstance(tasking, dict) else {}
@@ -619,7 +620,7 @@ def summary(row: Any) -> dict[str, Any]:
         "ward": row.ward_code,
         "reasons": why,
         "actions": [a for a in actions if isinstance(a, dict)],
-        "payload": payload,
+        **({"payload": payload} if include_payload else {}),
     }
 
 

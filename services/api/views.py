@@ -13,9 +13,7 @@ import asyncio
 import base64
 import binascii
 import json
-import threading
-from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any, Generic, Literal, TypeVar
@@ -32,6 +30,7 @@ from services.api.areas import UNASSIGNED, AreaIndex
 from services.api.health import check_broker, check_database
 from services.api.metrics import ApiMetrics
 from services.api.models import Assessment, AuditEntry, Escalation, EscalationEvent, Review
+from services.api.pages import PageCache
 from services.api.security import Admin, Caller, Operator, Supervisor, Viewer, forget_tokens
 from services.api.service import MAX_LIST_LIMIT, Level, Status, SubjectType
 
@@ -52,57 +51,7 @@ class ApiState:
     areas: AreaIndex
     notifier: FeedNotifier
     stopping: asyncio.Event
-    pages: PageCache = field(default_factory=lambda: PageCache())
-
-
-class PageCache:
-    """The last few answers made, by request and data version (thread-safe LRU).
-
-    :meth:`get_or_make` makes each answer once: requests that want an answer being made
-    wait for it instead of all making it at once when the data has just changed.
-    """
-
-    def __init__(self, size: int = 256) -> None:
-        self.size = size
-        self._pages: OrderedDict[tuple[Any, ...], bytes] = OrderedDict()
-        self._making: dict[tuple[Any, ...], threading.Event] = {}
-        self._lock = threading.Lock()
-
-    def get_or_make(self, key: tuple[Any, ...], make: Callable[[], bytes]) -> bytes:
-        with self._lock:
-            page = self._pages.get(key)
-            if page is not None:
-                self._pages.move_to_end(key)
-                return page
-            making = self._making.get(key)
-            mine = making is None
-            if making is None:
-                making = self._making[key] = threading.Event()
-        if not mine:
-            making.wait(30)
-            return self.get(key) or make()
-        try:
-            page = make()
-            self.put(key, page)
-            return page
-        finally:
-            with self._lock:
-                self._making.pop(key, None)
-            making.set()
-
-    def get(self, key: tuple[Any, ...]) -> bytes | None:
-        with self._lock:
-            page = self._pages.get(key)
-            if page is not None:
-                self._pages.move_to_end(key)
-            return page
-
-    def put(self, key: tuple[Any, ...], page: bytes) -> None:
-        with self._lock:
-            self._pages[key] = page
-            self._pages.move_to_end(key)
-            while len(self._pages) > self.size:
-                self._pages.popitem(last=False)
+    pages: PageCache = field(default_factory=PageCache)
 
 
 def get_state(request: Request) -> ApiState:
@@ -158,7 +107,11 @@ class EscalationSummary(BaseModel):
     ward: str = Field(description="Ward code, or 'unassigned'.")
     reasons: list[dict[str, Any]] = Field(description="Why: each factor, rule or incident.")
     actions: list[dict[str, Any]] = Field(description="Recommended actions with deadlines.")
-    payload: dict[str, Any] = Field(description="The latest escalation message as received.")
+    payload: dict[str, Any] | None = Field(
+        None,
+        description="The latest escalation message as received (in lists only with "
+        "include_payload=true; always in an escalation's detail).",
+    )
 
 
 class EscalationList(BaseModel):
@@ -524,6 +477,9 @@ def list_escalations(
     limit: Annotated[
         int, Query(ge=1, le=MAX_LIST_LIMIT, description="How many to return at most.")
     ] = 100,
+    include_payload: Annotated[
+        bool, Query(description="Also each escalation's latest message as received.")
+    ] = False,
 ) -> Response:
     """Escalations, filtered, sorted (newest raised first by default) and paged by cursor.
     Role: viewer."""
@@ -535,7 +491,8 @@ def list_escalations(
     # Every change to an escalation appends to the feed, so the feed's newest id is the
     # version of the whole list: a page made at that version can be served again as is.
     position = feed_position(session)
-    key = (
+    asked = (
+        "escalations",
         subject_type,
         tuple(level or ()),
         tuple(status or ()),
@@ -547,10 +504,14 @@ def list_escalations(
         sort,
         cursor,
         limit,
-        position,
+        include_payload,
     )
 
     def page() -> bytes:
+        with state.session_factory() as own:  # may run after this request has ended
+            return _page(own)
+
+    def _page(session: Session) -> bytes:
         rows = service.list_escalations(
             session=session,
             subject_type=subject_type,
@@ -571,7 +532,7 @@ def list_escalations(
         # it): serialised once, without a second validation.
         return json.dumps(
             {
-                "items": [service.summary(r) for r in rows],
+                "items": [service.summary(r, include_payload) for r in rows],
                 "count": len(rows),
                 "next_cursor": next_cursor,
                 "feed_position": position,
@@ -579,7 +540,8 @@ def list_escalations(
             separators=(",", ":"),
         ).encode()
 
-    return Response(state.pages.get_or_make(key, page), media_type="application/json")
+    body = state.pages.get_or_make(asked, position, page)
+    return Response(body, media_type="application/json")
 
 
 @router.get(
@@ -887,9 +849,13 @@ def area_statistics(
     )
     # The counts' version moves with every change to them: a cached answer is exact.
     version = statistics.counts_version(session)
-    key = ("statistics", level, period, first, last, district, wants_csv, version)
+    asked = ("statistics", level, period, first, last, district, wants_csv)
 
     def answer() -> bytes:
+        with state.session_factory() as own:  # may run after this request has ended
+            return _answer(own)
+
+    def _answer(session: Session) -> bytes:
         rows = statistics.area_statistics(
             session=session,
             areas=state.areas,
@@ -904,7 +870,7 @@ def area_statistics(
         doc = {"level": level, "period": period, "from": str(first), "to": str(last)}
         return json.dumps({**doc, "rows": rows}, separators=(",", ":")).encode()
 
-    body = state.pages.get_or_make(key, answer)
+    body = state.pages.get_or_make(asked, version, answer)
     return _statistics_response(body, wants_csv, level, period, first, last)
 
 

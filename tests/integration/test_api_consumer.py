@@ -193,7 +193,8 @@ async def test_consumer_stores_batches_idempotently_and_sets_aside_malformed(
 
         response = await client.get(f"/v1/incidents/{other['incident_id']}/assessment")
         assert response.json() == other
-        items = (await client.get("/v1/escalations", params={"limit": 500})).json()["items"]
+        query = {"limit": 500, "include_payload": "true"}
+        items = (await client.get("/v1/escalations", params=query)).json()["items"]
         mine = [i for i in items if i["escalation_id"] == victim["escalation_id"]]
         assert [i["payload"] for i in mine] == [victim]  # once, as first delivered
 

@@ -224,7 +224,7 @@ def seed(app: FastAPI) -> None:
 
 
 async def test_http_escalations(client: httpx.AsyncClient) -> None:
-    response = await client.get("/v1/escalations")
+    response = await client.get("/v1/escalations", params={"include_payload": "true"})
     assert response.status_code == 200
     body = response.json()
     assert [item["payload"] for item in body["items"]] == NEWEST_FIRST
@@ -235,7 +235,10 @@ async def test_http_escalations(client: httpx.AsyncClient) -> None:
     assert (first["status"], first["level"], first["rule_id"]) == ("open", None, "case-review")
     assert first["raised_at"] == "2024-03-02T09:30:00Z"
 
-    response = await client.get("/v1/escalations", params={"subject_type": "location", "limit": 1})
+    response = await client.get(
+        "/v1/escalations",
+        params={"subject_type": "location", "limit": 1, "include_payload": "true"},
+    )
     body = response.json()
     assert [item["payload"] for item in body["items"]] == [LISTED[3]]
     assert body["count"] == 1 and body["next_cursor"]

@@ -148,10 +148,18 @@ async def test_lists_page_by_cursor_in_every_sort_without_gaps_or_repeats(api: A
     assert sea and all(i["location_key"] and i["lat"] for i in sea)
     window = await get_all(
         api,
+        include_payload="true",
         raised_from=iso(BASE + timedelta(minutes=10)),
         raised_to=iso(BASE + timedelta(minutes=20)),
         limit=500,
     )
+    slim = await get_all(
+        api,
+        raised_from=iso(BASE + timedelta(minutes=10)),
+        raised_to=iso(BASE + timedelta(minutes=20)),
+        limit=500,
+    )
+    assert len(slim) == len(window) and all("payload" not in i for i in slim)
     assert sorted(i["payload"]["raised_at"] for i in window) == sorted(
         p["raised_at"] for p in payloads if 10 <= int(p["raised_at"][14:16]) < 20
     )
