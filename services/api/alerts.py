@@ -22,7 +22,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import StreamingResponse
-from sqlalchemy import func, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
@@ -86,10 +86,8 @@ def feed_position(session: Session) -> int:
     return int(session.scalar(select(func.coalesce(func.max(EscalationEvent.seq), 0))) or 0)
 
 
-def events_after(
-    session: Session, after: int, where: FeedFilter, limit: int = BATCH
-) -> Sequence[EscalationEvent]:
-    query = select(EscalationEvent).where(EscalationEvent.seq > after)
+def _matching(query: Select[Any], where: FeedFilter) -> Select[Any]:
+    """``query`` narrowed to the events ``where`` asks for (one place for both readers)."""
     if where.districts:
         query = query.where(EscalationEvent.district_code.in_(where.districts))
     if where.wards:
@@ -98,6 +96,13 @@ def events_after(
         query = query.where(EscalationEvent.level.in_(where.levels))
     if where.subject_type:
         query = query.where(EscalationEvent.subject_type == where.subject_type)
+    return query
+
+
+def events_after(
+    session: Session, after: int, where: FeedFilter, limit: int = BATCH
+) -> Sequence[EscalationEvent]:
+    query = _matching(select(EscalationEvent).where(EscalationEvent.seq > after), where)
     return session.scalars(query.order_by(EscalationEvent.seq).limit(limit)).all()
 
 
@@ -106,15 +111,7 @@ def backlog_start(session: Session, where: FeedFilter, backlog: int) -> int:
     position = feed_position(session)
     if backlog <= 0:
         return position
-    query = select(EscalationEvent.seq)
-    if where.districts:
-        query = query.where(EscalationEvent.district_code.in_(where.districts))
-    if where.wards:
-        query = query.where(EscalationEvent.ward_code.in_(where.wards))
-    if where.levels:
-        query = query.where(EscalationEvent.level.in_(where.levels))
-    if where.subject_type:
-        query = query.where(EscalationEvent.subject_type == where.subject_type)
+    query = _matching(select(EscalationEvent.seq), where)
     seqs = session.scalars(query.order_by(EscalationEvent.seq.desc()).limit(backlog)).all()
     return (min(seqs) - 1) if seqs else position
 
