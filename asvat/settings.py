@@ -93,8 +93,11 @@ class Settings(BaseSettings):
     worker_port: int = Field(
         8002, description="ASVAT_WORKER_PORT: worker HTTP port (`/healthz`, `/readyz`, `/metrics`)."
     )
-    worker_store: Literal["rocksdb", "memory"] = Field(
-        "rocksdb", description="ASVAT_WORKER_STORE: faust table store (`memory` for tests only)."
+    worker_stall_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="ASVAT_WORKER_STALL_SECONDS: the worker's `/readyz` fails when work waits "
+        "and nothing was applied, or nothing committed, for this long.",
     )
     consumer_group: str = Field(
         "asvat-repeat-detector",

@@ -24,7 +24,7 @@ output every run; the live worker passes the wall clock.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 
 from asvat.domain.assessment import Assessment, NotApplied
@@ -99,6 +99,9 @@ class Detector:
         self.lifecycle = EscalationLifecycle(policy.tasking)
         self.case_reviews = CaseReviewTracker(policy.case_review)
         self._findings: dict[str, str] = {}  # incident_id -> finding_id last issued
+        self._forget = forget
+        # subject_key -> case-review events issued for it (re-published by snapshots)
+        self._case_reviews_issued: dict[str, list[CaseReviewThresholdMet]] = {}
 
     @property
     def retained_incidents(self) -> int:
@@ -133,9 +136,46 @@ class Detector:
         assessment = self.engine.assessment(incident_id)
         return None if assessment is None else self._enrich(assessment).assessment
 
-    def reviews_due(self, now: int) -> list[ReviewEvent]:
-        """Reviews of open escalations coming due or overdue at ``now`` (each once)."""
-        return self.lifecycle.reviews_due(now)
+    def reviews_due(self, now: int, owns: Callable[[str], bool] | None = None) -> list[ReviewEvent]:
+        """Reviews of open escalations coming due or overdue at ``now`` (each once), of the
+        subjects ``owns`` accepts (default: all)."""
+        return self.lifecycle.reviews_due(now, owns)
+
+    def snapshot(
+        self, owns_incident: Callable[[str], bool], owns_subject: Callable[[str], bool]
+    ) -> DetectorOutcome:
+        """Everything a publisher of these incidents and subjects must have published for
+        its consumers to be whole, as of now: the current assessment (and integrity finding)
+        of every open incident, the raise and latest upgrade of every open escalation, and
+        the case-review events issued.
+
+        A worker publishes it when it takes over incidents and subjects (after a restart, a
+        rebalance or a broker that lost its topics). Every id in it is deterministic, so a
+        consumer that already has an item ignores it. Settled incidents (more than
+        ``max_lateness`` behind the watermark, when the detector forgets) are left out: their
+        last published assessment is final (see the engine's ``final_assessments``).
+        """
+        outcome = DetectorOutcome()
+        watermark = self.engine.watermark
+        open_from = None
+        if self._forget and watermark is not None:
+            open_from = watermark - self.policy.max_lateness
+        for event in self.engine.current_events():
+            if open_from is not None and event.occurred_at < open_from:
+                continue
+            if not owns_incident(event.incident_id):
+                continue
+            assessment = self.engine.assessment(event.incident_id)
+            assert assessment is not None
+            enriched = self._enrich(assessment)
+            outcome.assessments.append(enriched.assessment)
+            if enriched.flags:
+                outcome.integrity.append(IntegrityFinding.of(event, enriched.flags))
+        outcome.escalations = self.lifecycle.published_events(owns_subject)
+        for subject_key, issued in sorted(self._case_reviews_issued.items()):
+            if owns_subject(subject_key):
+                outcome.case_reviews.extend(issued)
+        return outcome
 
     def current_events(self) -> Iterator[IncidentEvent]:
         return self.engine.current_events()
@@ -215,6 +255,8 @@ class Detector:
         assessment = enriched.assessment
         if enriched.case_review is not None:
             outcome.case_reviews.append(enriched.case_review)
+            met = enriched.case_review
+            self._case_reviews_issued.setdefault(met.subject_key, []).append(met)
         if enriched.flags:
             finding = IntegrityFinding.of(enriched.event, enriched.flags)
             if self._findings.get(assessment.incident_id) != finding.finding_id:

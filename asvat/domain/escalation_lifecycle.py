@@ -22,7 +22,7 @@ for a replay that gives the same output every run, or wall-clock time in a live 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -205,6 +205,8 @@ class _Open:
     raised_at: int
     changed_at: int
     reviews: list[_Review] = field(default_factory=list)
+    #: The raise and, after upgrades, the latest upgrade: what a snapshot re-publishes.
+    events: list[EscalationEvent] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,23 +278,26 @@ class EscalationLifecycle:
             return []
         tasking = tasking_for(self.tasking, risk.level, subject_type, at)
         current.reviews = [_Review(r.rank, r.every, r.first_due_at) for r in tasking.reviews]
-        return [
-            EscalationEvent(
-                event=event,
-                escalation_id=current.escalation_id,
-                subject_type=subject_type,
-                subject_key=subject_key,
-                episode=current.episode,
-                level=risk.level,
-                previous_level=previous,
-                at=at,
-                incident_id=incident_id,
-                occurred_at=occurred_at,
-                score=risk.score,
-                reasons=risk.reasons,
-                tasking=tasking,
-            )
-        ]
+        issued = EscalationEvent(
+            event=event,
+            escalation_id=current.escalation_id,
+            subject_type=subject_type,
+            subject_key=subject_key,
+            episode=current.episode,
+            level=risk.level,
+            previous_level=previous,
+            at=at,
+            incident_id=incident_id,
+            occurred_at=occurred_at,
+            score=risk.score,
+            reasons=risk.reasons,
+            tasking=tasking,
+        )
+        if current.events:
+            current.events[1:] = [issued]
+        else:
+            current.events.append(issued)
+        return [issued]
 
     def close(self, subject_type: str, subject_key: str, *, at: int) -> EscalationEvent | None:
         """A person closes the subject's open escalation at ``at``; None if none is open."""
@@ -327,6 +332,16 @@ class EscalationLifecycle:
             reviews_due_at=tuple((r.rank, r.due_at) for r in found.reviews),
         )
 
+    def published_events(self, owns: Callable[[str], bool] | None = None) -> list[EscalationEvent]:
+        """The raise and latest upgrade of every open escalation (of the subjects ``owns``
+        accepts): what a worker re-publishes when it takes over a subject, so that a consumer
+        that missed them (ids are deterministic: one that did not ignores them) is whole."""
+        found: list[EscalationEvent] = []
+        for (_subject_type, subject_key), current in sorted(self._open.items()):
+            if owns is None or owns(subject_key):
+                found.extend(current.events)
+        return found
+
     def open_escalations(self) -> Iterator[OpenEscalation]:
         for subject_type, subject_key in sorted(self._open):
             view = self.current(subject_type, subject_key)
@@ -349,14 +364,22 @@ class EscalationLifecycle:
                 return review.due_at
         raise KeyError(f"no {rank} review at level {current.level}")
 
-    def reviews_due(self, now: int) -> list[ReviewEvent]:
+    def reviews_due(
+        self, now: int, owns: Callable[[str], bool] | None = None
+    ) -> list[ReviewEvent]:
         """Reviews that have come due (within ``review_notice`` of their time) or are overdue
         (past it) at ``now`` and were not announced as such before. Each review is announced
         due once and overdue once; a review first seen overdue gives both events. Ordered by
-        due time, then escalation id, then rank as the policy lists them."""
+        due time, then escalation id, then rank as the policy lists them.
+
+        ``owns(subject_key)``: only those subjects' reviews are announced (and marked as
+        announced); a worker that holds a replica of state it does not publish leaves the
+        others for their owner."""
         notice = self.tasking.review_notice
         found: list[tuple[int, str, int, int, ReviewEvent]] = []
         for (subject_type, subject_key), current in self._open.items():
+            if owns is not None and not owns(subject_key):
+                continue
             for index, review in enumerate(current.reviews):
                 kinds: list[str] = []
                 if not review.announced and now >= review.due_at - notice:

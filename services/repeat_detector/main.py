@@ -14,7 +14,9 @@ from services.repeat_detector.app import create_app
 def run(settings: Settings, policy: Policy) -> int:
     configure_logging(settings, "worker")
     ensure_port_free(settings.worker_host, settings.worker_port, "worker HTTP")
-    app, _state, _metrics = create_app(settings, policy)
+    app, _replica, _metrics = create_app(
+        settings, policy, stall_after=settings.worker_stall_seconds
+    )
     # override_logging=False: keep the JSON logs configured above (faust would install its
     # own coloured console handler).
     worker = faust.Worker(

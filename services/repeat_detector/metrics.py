@@ -60,6 +60,8 @@ class WorkerMetrics:
 
     def __init__(self, rules: Iterable[str] = ()) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        #: Unix time of the last offset commit that advanced a partition (0: none yet).
+        self.last_commit_at = 0.0
         r = self.registry
         self.events = Counter(
             "asvat_worker_events_processed",
@@ -122,6 +124,29 @@ class WorkerMetrics:
             "Unix time of the last offset commit that advanced a partition (0: none yet).",
             registry=r,
         )
+        self.snapshots = Counter(
+            "asvat_worker_snapshots",
+            "Snapshots published: the current outputs of partitions this worker took over "
+            "(after a start, a rebalance or a broker that lost its records).",
+            registry=r,
+        )
+        self.broker_resets = Counter(
+            "asvat_worker_broker_resets",
+            "Times asvat.incidents.v1 was found shorter than already read (the broker lost "
+            "its records) and was read again from the start.",
+            registry=r,
+        )
+        self.owned_partitions = Gauge(
+            "asvat_worker_owned_partitions",
+            "Partitions of asvat.incidents.v1 whose outputs this worker publishes.",
+            registry=r,
+        )
+        self.caught_up = Gauge(
+            "asvat_worker_caught_up",
+            "1 once the worker's replica has read asvat.incidents.v1 up to its end since the "
+            "last start or broker reset, else 0.",
+            registry=r,
+        )
         for result in EVENT_RESULTS:
             self.events.labels(result)
         for kind in LATE_KINDS:
@@ -134,12 +159,19 @@ class WorkerMetrics:
         self._scrape_time = _ScrapeTimeCollector(self)
         r.register(self._scrape_time)
 
-    def observe(self, app: faust.App, watermark: Callable[[], int | None]) -> None:
-        """Read consumer lag from ``app`` and the event-time watermark (µs) at scrape time,
-        and record the time of each offset commit that advances a partition."""
+    def observe(
+        self,
+        app: faust.App,
+        watermark: Callable[[], int | None],
+        replica_lag: Callable[[], dict[int, int]] = dict,
+    ) -> None:
+        """Read consumer lag from ``app``, the replica's lag and the event-time watermark
+        (µs) at scrape time, and record the time of each offset commit that advances a
+        partition."""
         self._scrape_time.app = app
         self._scrape_time.watermark = watermark
-        app.sensors.add(_CommitSensor(app, self.last_commit))
+        self._scrape_time.replica_lag = replica_lag
+        app.sensors.add(_CommitSensor(app, self))
 
 
 class _CommitSensor(faust.Sensor):  # type: ignore[misc]
@@ -149,17 +181,19 @@ class _CommitSensor(faust.Sensor):  # type: ignore[misc]
     anything to commit; the offsets actually committed are the ones its monitor records.
     """
 
-    def __init__(self, app: faust.App, gauge: Gauge, **kwargs: Any) -> None:
+    def __init__(self, app: faust.App, metrics: WorkerMetrics, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.app = app
-        self.gauge = gauge
+        self.metrics = metrics
         self.seen: dict[Any, int] = {}
 
     def on_commit_completed(self, consumer: Any, state: Any) -> None:
         committed = dict(self.app.monitor.tp_committed_offsets or {})
         if committed != self.seen:
             self.seen = committed
-            self.gauge.set(time.time())
+            now = time.time()
+            self.metrics.last_commit.set(now)
+            self.metrics.last_commit_at = now
 
 
 class _ScrapeTimeCollector(Collector):
@@ -169,23 +203,28 @@ class _ScrapeTimeCollector(Collector):
         self.metrics = metrics
         self.app: faust.App | None = None
         self.watermark: Callable[[], int | None] = lambda: None
+        self.replica_lag: Callable[[], dict[int, int]] = dict
 
     def describe(self) -> Iterator[GaugeMetricFamily]:
         yield from self._families()
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        lag, newest, event_lag = self._families()
+        lag, newest, event_lag, replica = self._families()
         for partition, value in self._consumer_lag():
             lag.add_metric([str(partition)], value)
+        for partition, behind in sorted(self.replica_lag().items()):
+            replica.add_metric([str(partition)], float(behind))
         watermark = self.watermark()
         if watermark is not None:
             seconds = watermark / MICROS_PER_SECOND
             newest.add_metric([], seconds)
             event_lag.add_metric([], max(0.0, time.time() - seconds))
-        yield from (lag, newest, event_lag)
+        yield from (lag, newest, event_lag, replica)
 
     @staticmethod
-    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
+    def _families() -> tuple[
+        GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily
+    ]:
         return (
             GaugeMetricFamily(
                 "asvat_worker_consumer_lag_messages",
@@ -200,6 +239,12 @@ class _ScrapeTimeCollector(Collector):
             GaugeMetricFamily(
                 "asvat_worker_event_time_lag_seconds",
                 "Wall-clock time minus the newest occurred_at applied.",
+            ),
+            GaugeMetricFamily(
+                "asvat_worker_replica_lag_messages",
+                f"Messages on {TOPIC_INCIDENTS} not yet applied and published by this "
+                "worker's replica, per partition (every partition: each worker reads all).",
+                labels=["partition"],
             ),
         )
 

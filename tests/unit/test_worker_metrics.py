@@ -99,7 +99,7 @@ def test_before_any_event_there_is_no_event_time_lag_and_no_consumer() -> None:
 def test_last_commit_moves_only_when_a_commit_advances_an_offset() -> None:
     app = FakeApp(FakeConsumer({}))
     metrics = WorkerMetrics()
-    sensor = _CommitSensor(app, metrics.last_commit)  # type: ignore[arg-type]
+    sensor = _CommitSensor(app, metrics)  # type: ignore[arg-type]
     sensor.on_commit_completed(None, None)  # nothing committed yet
     assert metrics.last_commit._value.get() == 0
     app.monitor.tp_committed_offsets[TP(TOPIC_INCIDENTS, 0)] = 5

@@ -1,0 +1,53 @@
+"""Which worker publishes what: the partitions a worker owns, applied to output keys.
+
+Every worker holds a replica of the whole detection state (see ``replica.py``); the
+consumer group only decides *who publishes*. An output belongs to the partition its key
+would be sent to by Kafka's default partitioner (murmur2 of the key, as the Java client and
+kafka-python compute it), so:
+
+* an incident's assessment, integrity finding and late notice belong to the partition of
+  its ``incident_id`` — the partition its events arrive on, since ingest keys them so;
+* a subject's escalations, reviews and case reviews belong to the partition of its
+  ``subject_key`` (a victim key or a location key).
+
+A worker publishes an output when it owns that partition of ``asvat.incidents.v1``. Pure:
+no Kafka here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from kafka.partitioner.default import murmur2
+
+
+def partition_of(key: str, partitions: int) -> int:
+    """The partition Kafka's default partitioner gives ``key`` (UTF-8) among ``partitions``."""
+    return int(murmur2(key.encode("utf-8")) & 0x7FFFFFFF) % partitions
+
+
+class Ownership:
+    """The partitions this worker owns, as predicates on output keys."""
+
+    def __init__(self, partitions: int, owned: Iterable[int] = ()) -> None:
+        if partitions < 1:
+            raise ValueError(f"expected at least 1 partition, got {partitions}")
+        self.partitions = partitions
+        self.owned: frozenset[int] = frozenset(owned)
+        self._cache: dict[str, int] = {}
+
+    def partition(self, key: str) -> int:
+        found = self._cache.get(key)
+        if found is None:
+            if len(self._cache) > 200_000:
+                self._cache.clear()
+            found = self._cache[key] = partition_of(key, self.partitions)
+        return found
+
+    def owns(self, key: str) -> bool:
+        return self.partition(key) in self.owned
+
+    def within(self, partitions: Iterable[int]) -> Callable[[str], bool]:
+        """A predicate for keys that belong to ``partitions`` (for a partial snapshot)."""
+        chosen = frozenset(partitions)
+        return lambda key: self.partition(key) in chosen

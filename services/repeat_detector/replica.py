@@ -1,0 +1,493 @@
+"""The worker's replica of the detection state, and what it publishes.
+
+Why a replica: a repeat is a relation between incidents of one victim or one place, and an
+incident's risk (hence its victim's escalation) depends on both at once. Partitioning the
+state by incident would split a victim's incidents across workers (two workers would each
+see part of a repeat and miss it); partitioning by subject would need a chain of re-keying
+stages and a join. The whole state of a force is small (under 1 KiB per retained incident:
+``bench/engine.py``), so every worker keeps all of it:
+
+* **State**: a plain consumer (no group) reads *every* partition of ``asvat.incidents.v1``
+  from the beginning into one :class:`~asvat.domain.detector.Detector`. The topic — backed
+  by ingest's durable event log, which republishes what a restarted embedded broker lost —
+  is the only source of state, so a restart, a rebalance or a lost broker is recovered by
+  reading it again; nothing is restored from changelogs.
+* **Publishing**: the consumer group on the same topic (the faust agent in ``app.py``)
+  decides which partitions this worker *owns*; it publishes only the outputs whose keys
+  belong to them (``ownership.py``). Two workers therefore share the publishing, and each
+  output is published by one of them.
+* **Taking over**: whenever this worker starts owning partitions — its first assignment
+  after start, a rebalance, or a broker that lost its topics — it publishes a *snapshot* of
+  what those partitions own (``Detector.snapshot``) once it has caught up with the topic.
+  Whatever the previous owner had not published (it died, it lost ownership mid-batch) is
+  then published; what it had published comes again with the same deterministic id and
+  consumers ignore it.
+* **Order**: outputs are flushed (acknowledged by the broker) before the positions they
+  came from count as applied; the agent lets faust commit an offset only once it is
+  applied, so the group's committed offsets and lag mean "published".
+
+Time: an escalation raised by an event counts its deadlines from when ingest accepted the
+event (``ingested_at``), so every replica computes the same escalation, however late it
+reads the event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError, OffsetOutOfRangeError
+
+from asvat.domain.detector import Detector, DetectorOutcome
+from asvat.domain.incident import IncidentEvent
+from asvat.domain.policy import Policy
+from asvat.domain.timeutil import now_micros, parse_timestamp
+from asvat.embedded.broker import ensure_topics, parse_bootstrap
+from asvat.settings import (
+    TOPIC_ASSESSMENTS,
+    TOPIC_CASE_REVIEWS,
+    TOPIC_ESCALATIONS,
+    TOPIC_INCIDENTS,
+    TOPIC_INTEGRITY,
+    TOPIC_LATE,
+    TOPIC_REVIEWS,
+    Settings,
+)
+from services.repeat_detector.messages import (
+    assessment_message,
+    case_review_message,
+    escalation_message,
+    integrity_message,
+    late_message,
+    not_applied_message,
+    review_message,
+)
+from services.repeat_detector.metrics import NO_RULE, WorkerMetrics, level_of
+from services.repeat_detector.ownership import Ownership
+
+log = logging.getLogger("asvat.worker")
+
+#: Records read per poll, and the longest wait for them.
+BATCH_SIZE = 2000
+POLL_MS = 200
+#: Seconds between retries while the broker does not take the outputs.
+RETRY_S = 1.0
+
+Record = tuple[str, bytes, bytes]  # (topic, key, value)
+
+
+def _dumps(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+@dataclass
+class _Pending:
+    """Outputs decided but not yet acknowledged, and the positions they advance."""
+
+    records: list[Record] = field(default_factory=list)
+    positions: dict[int, int] = field(default_factory=dict)
+
+
+class Replica:
+    """Reads every partition into one detector; publishes what this worker owns."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        policy: Policy,
+        metrics: WorkerMetrics,
+        *,
+        client_id: str = "asvat-worker",
+    ) -> None:
+        self.settings = settings
+        self.policy = policy
+        self.metrics = metrics
+        self.client_id = client_id
+        self.detector = Detector(policy)
+        self.ownership = Ownership(settings.topic_partitions)
+        #: False until the first assignment (nothing is published before it).
+        self.assigned = False
+        #: "rebuilding" until caught up with the topic once, then "live".
+        self.phase = "rebuilding"
+        #: Partitions whose snapshot is still to be published (None: all owned).
+        self._snapshot_due: set[int] | None = None
+        self._resnapshot_all = True
+        #: Next offset applied *and* published, per partition of the incidents topic.
+        self.applied: dict[int, int] = {}
+        #: End offsets seen by the last check, per partition.
+        self.end_offsets: dict[int, int] = {}
+        self._catch_up_to: dict[int, int] | None = None
+        self.last_progress = time.time()
+        self.snapshots = 0
+        self.broker_resets = 0
+        self._late_while_rebuilding: list[tuple[str, bytes]] = []
+        self._applied_changed = asyncio.Condition()
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._partitions: list[TopicPartition] = []
+        self._stopping = False
+
+    # -- ownership (called by the faust app's rebalance signals) ----------------------------
+
+    def assign(self, partitions: Iterable[int]) -> None:
+        """The group gave this worker ``partitions``; snapshot the ones that are new."""
+        new = frozenset(partitions)
+        added = new - self.ownership.owned
+        self.ownership.owned = new
+        if not self.assigned:
+            self.assigned = True
+            self._resnapshot_all = True
+        elif added:
+            due = self._snapshot_due if self._snapshot_due is not None else set()
+            self._snapshot_due = due | set(added)
+        log.info("owning partitions %s of %s (new: %s)", sorted(new), TOPIC_INCIDENTS,
+                 sorted(added))
+
+    def revoke(self, partitions: Iterable[int]) -> None:
+        """The group took ``partitions`` away: stop publishing their outputs at once."""
+        self.ownership.owned = self.ownership.owned - frozenset(partitions)
+
+    async def flush(self) -> None:
+        """Wait for every output handed to the producer (before giving partitions up)."""
+        if self._producer is not None:
+            await self._producer.flush()
+
+    # -- progress ---------------------------------------------------------------------------
+
+    @property
+    def caught_up(self) -> bool:
+        return self.phase == "live"
+
+    def lag(self) -> dict[int, int]:
+        """Per partition: end offset last seen minus the next offset applied."""
+        return {
+            p: max(0, end - self.applied.get(p, 0)) for p, end in sorted(self.end_offsets.items())
+        }
+
+    async def wait_applied(self, partition: int, offset: int, timeout: float) -> bool:
+        """Wait until the record at ``offset`` of ``partition`` is applied and published."""
+        async with self._applied_changed:
+            try:
+                await asyncio.wait_for(
+                    self._applied_changed.wait_for(
+                        lambda: self.applied.get(partition, 0) > offset or self._stopping
+                    ),
+                    timeout,
+                )
+            except TimeoutError:
+                return False
+        return True
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Read, apply and publish until :meth:`stop`."""
+        servers = [f"{h}:{p}" for h, p in parse_bootstrap(self.settings.bootstrap)]
+        await asyncio.to_thread(self._ensure_topics)
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=servers,
+            client_id=f"{self.client_id}-out",
+            acks="all",
+            linger_ms=5,
+            enable_idempotence=False,
+            max_batch_size=256 * 1024,
+            request_timeout_ms=15_000,
+        )
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=servers,
+            client_id=f"{self.client_id}-replica",
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="none",
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+            fetch_max_bytes=16 * 1024 * 1024,
+        )
+        await self._producer.start()
+        await self._consumer.start()
+        try:
+            await self._assign_all()
+            while not self._stopping:
+                await self._step()
+        finally:
+            await self._consumer.stop()
+            await self._producer.stop()
+
+    def stop(self) -> None:
+        self._stopping = True
+
+    def _ensure_topics(self) -> None:
+        ensure_topics(self.settings.bootstrap, self.settings.topic_partitions)
+
+    async def _assign_all(self) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        partitions = None
+        while not partitions:
+            partitions = consumer.partitions_for_topic(TOPIC_INCIDENTS)
+            if not partitions:
+                await consumer.topics()  # refreshes the cluster metadata
+                partitions = consumer.partitions_for_topic(TOPIC_INCIDENTS)
+            if not partitions:
+                await asyncio.sleep(0.5)
+        if len(partitions) != self.ownership.partitions:
+            log.warning(
+                "%s has %d partitions, ASVAT_TOPIC_PARTITIONS says %d: owning by the topic's",
+                TOPIC_INCIDENTS, len(partitions), self.ownership.partitions,
+            )
+            self.ownership = Ownership(len(partitions), self.ownership.owned)
+        self._partitions = [TopicPartition(TOPIC_INCIDENTS, p) for p in sorted(partitions)]
+        consumer.assign(self._partitions)
+        await consumer.seek_to_beginning(*self._partitions)
+        await self._start_catching_up()
+
+    async def _start_catching_up(self) -> None:
+        """Note the end offsets now: the replica is caught up once it has read that far."""
+        self._catch_up_to = await self._end_offsets()
+
+    async def _end_offsets(self) -> dict[int, int]:
+        assert self._consumer is not None
+        ends = await self._consumer.end_offsets(self._partitions)
+        self.end_offsets = {tp.partition: offset for tp, offset in ends.items()}
+        return dict(self.end_offsets)
+
+    async def refresh_end_offsets(self) -> None:
+        """For lag and readiness; called periodically."""
+        if self._consumer is not None and self._partitions:
+            try:
+                await self._end_offsets()
+            except KafkaError as exc:
+                log.warning("could not read end offsets of %s: %s", TOPIC_INCIDENTS, exc)
+
+    async def _step(self) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        try:
+            batches = await consumer.getmany(timeout_ms=POLL_MS, max_records=BATCH_SIZE)
+        except OffsetOutOfRangeError as exc:
+            await self._broker_lost_records(exc)
+            return
+        except KafkaError as exc:
+            log.warning("reading %s failed (%s); retrying", TOPIC_INCIDENTS, exc)
+            await asyncio.sleep(RETRY_S)
+            return
+        pending = _Pending()
+        for tp, messages in batches.items():
+            for message in messages:
+                self._apply(message.value, pending)
+            if messages:
+                pending.positions[tp.partition] = messages[-1].offset + 1
+        if self.phase == "rebuilding" and self._is_caught_up(pending.positions):
+            self.phase = "live"
+            log.info(
+                "replica caught up: %d incidents retained, watermark %s",
+                self.detector.retained_incidents, self.detector.watermark,
+            )
+        if self.phase == "live" and self.assigned:
+            self._add_snapshots(pending)
+        await self._publish(pending)
+
+    def _is_caught_up(self, positions: dict[int, int]) -> bool:
+        target = self._catch_up_to or {}
+        reached = {**self.applied, **positions}
+        return all(reached.get(p, 0) >= end for p, end in target.items())
+
+    async def _broker_lost_records(self, exc: OffsetOutOfRangeError) -> None:
+        """The topic is shorter than what was read: the broker lost its records (an embedded
+        broker restarted). Read it again from the start, and publish a full snapshot once
+        caught up: the outputs published before may be lost with it."""
+        consumer = self._consumer
+        assert consumer is not None
+        self.broker_resets += 1
+        self.metrics.broker_resets.inc()
+        log.warning(
+            "%s is shorter than already read (%s): the broker lost records; reading it again "
+            "from the start and re-publishing a snapshot", TOPIC_INCIDENTS, exc,
+        )
+        await asyncio.to_thread(self._ensure_topics)
+        await consumer.seek_to_beginning(*self._partitions)
+        self.applied = {}
+        self.phase = "rebuilding"
+        self._resnapshot_all = True
+        await self._start_catching_up()
+
+    def _apply(self, raw: bytes, pending: _Pending) -> None:
+        metrics = self.metrics
+        try:
+            data = json.loads(raw)
+            event = IncidentEvent.from_wire(data)
+            ingested = data.get("ingested_at")
+            at = parse_timestamp(ingested) if isinstance(ingested, str) else now_micros()
+        except (ValueError, KeyError, TypeError) as exc:
+            metrics.events.labels("unreadable").inc()
+            log.error("unreadable incident message (%s); sent to the late topic", exc)
+            payload = late_message(f"unreadable: {exc}", "rejected", None, None)
+            self._late("", _dumps(payload), pending)
+            metrics.late.labels("unreadable").inc()
+            return
+        try:
+            outcome = self.detector.apply(event, at=at)
+        except Exception as exc:  # a bug, not bad data: keep the event, say why
+            log.exception(
+                "engine failed on incident_id=%s event_id=%s", event.incident_id, event.event_id,
+                extra={"incident_id": event.incident_id, "event_id": event.event_id},
+            )
+            metrics.events.labels("engine_error").inc()
+            payload = late_message(
+                f"engine error: {type(exc).__name__}: {exc}", "rejected", None, data
+            )
+            self._late(event.incident_id, _dumps(payload), pending)
+            metrics.late.labels("engine_error").inc()
+            return
+        if outcome.duplicate:
+            metrics.events.labels("duplicate").inc()
+            return
+        if outcome.superseded:
+            metrics.events.labels("superseded").inc()
+            return
+        if outcome.not_applied is not None:
+            metrics.events.labels(outcome.not_applied.kind).inc()
+            payload = not_applied_message(outcome.not_applied, data)
+            self._late(event.incident_id, _dumps(payload), pending)
+            metrics.late.labels(outcome.not_applied.kind).inc()
+            return
+        metrics.events.labels("applied").inc()
+        if self.phase == "live" and self.assigned:
+            self._outputs(outcome, pending, self.ownership.owns, self.ownership.owns)
+
+    def _late(self, incident_id: str, value: bytes, pending: _Pending) -> None:
+        """Late and rejected events are published by their incident's owner; while
+        rebuilding (owner not yet known) they are kept for the first snapshot."""
+        if self.phase == "live" and self.assigned:
+            if self.ownership.owns(incident_id):
+                pending.records.append((TOPIC_LATE, incident_id.encode(), value))
+        else:
+            self._late_while_rebuilding.append((incident_id, value))
+
+    def _outputs(
+        self,
+        outcome: DetectorOutcome,
+        pending: _Pending,
+        owns_incident: Callable[[str], bool],
+        owns_subject: Callable[[str], bool],
+    ) -> None:
+        metrics = self.metrics
+        now = now_micros()
+        records = pending.records
+        for assessment in outcome.assessments:
+            if not owns_incident(assessment.incident_id):
+                continue
+            records.append(
+                (TOPIC_ASSESSMENTS, assessment.incident_id.encode(),
+                 _dumps(assessment_message(assessment, now)))
+            )
+            for rule in assessment.rules_met or (NO_RULE,):
+                metrics.assessments.labels(level_of(assessment), rule).inc()
+        for escalation in outcome.escalations:
+            if not owns_subject(escalation.subject_key):
+                continue
+            records.append(
+                (TOPIC_ESCALATIONS, escalation.subject_key.encode(),
+                 _dumps(escalation_message(escalation, now)))
+            )
+            for rule in [r.rule_id for r in escalation.reasons if r.rule_id] or [NO_RULE]:
+                metrics.escalations.labels(escalation.level, rule).inc()
+            log.info(
+                "escalation %s: %s %s level=%s incident_id=%s",
+                escalation.event, escalation.subject_type, escalation.escalation_id[:12],
+                escalation.level, escalation.incident_id,
+                extra={"incident_id": escalation.incident_id,
+                       "escalation_id": escalation.escalation_id},
+            )
+        for met in outcome.case_reviews:
+            if owns_subject(met.subject_key):
+                records.append(
+                    (TOPIC_CASE_REVIEWS, met.subject_key.encode(),
+                     _dumps(case_review_message(met, now)))
+                )
+        for finding in outcome.integrity:
+            if owns_incident(finding.incident_id):
+                records.append(
+                    (TOPIC_INTEGRITY, finding.incident_id.encode(),
+                     _dumps(integrity_message(finding, now)))
+                )
+
+    def _add_snapshots(self, pending: _Pending) -> None:
+        if self._resnapshot_all:
+            chosen: frozenset[int] | None = None
+        elif self._snapshot_due:
+            chosen = frozenset(self._snapshot_due) & self.ownership.owned
+        else:
+            return
+        owns = self.ownership.owns if chosen is None else self.ownership.within(chosen)
+        snapshot = self.detector.snapshot(owns, owns)
+        before = len(pending.records)
+        self._outputs(snapshot, pending, owns, owns)
+        late, self._late_while_rebuilding = self._late_while_rebuilding, []
+        for incident_id, value in late:
+            if owns(incident_id):
+                pending.records.append((TOPIC_LATE, incident_id.encode(), value))
+        self._resnapshot_all = False
+        self._snapshot_due = None
+        self.snapshots += 1
+        self.metrics.snapshots.inc()
+        log.info(
+            "published a snapshot of partitions %s: %d records",
+            "all owned" if chosen is None else sorted(chosen), len(pending.records) - before,
+        )
+
+    async def _publish(self, pending: _Pending) -> None:
+        """Send every record and wait for the broker to acknowledge all of them, retrying
+        until it does; only then do the positions count as applied."""
+        producer = self._producer
+        assert producer is not None
+        while pending.records:
+            try:
+                futures = [
+                    await producer.send(topic, value, key=key)
+                    for topic, key, value in pending.records
+                ]
+                await asyncio.gather(*futures)
+                break
+            except KafkaError as exc:
+                log.warning(
+                    "publishing %d records failed (%s); retrying", len(pending.records), exc
+                )
+                await asyncio.sleep(RETRY_S)
+                await asyncio.to_thread(self._ensure_topics_quietly)
+        if pending.positions or pending.records:
+            self.last_progress = time.time()
+        if pending.positions:
+            async with self._applied_changed:
+                self.applied.update(pending.positions)
+                self._applied_changed.notify_all()
+        self.metrics.retained.set(self.detector.retained_incidents)
+        self.metrics.last_batch.set(time.time())
+
+    def _ensure_topics_quietly(self) -> None:
+        try:
+            self._ensure_topics()
+        except Exception as exc:  # the broker may still be away: the next retry tries again
+            log.info("topics not (re)created yet: %s", exc)
+
+    # -- reviews ----------------------------------------------------------------------------
+
+    def reviews_due(self) -> list[Record]:
+        """Review notices now due for the subjects this worker owns."""
+        if not (self.phase == "live" and self.assigned):
+            return []
+        records = []
+        for review in self.detector.reviews_due(now_micros(), self.ownership.owns):
+            records.append(
+                (TOPIC_REVIEWS, review.escalation_id.encode(), _dumps(review_message(review)))
+            )
+            self.metrics.reviews.labels(review.event).inc()
+        return records
+
+    async def publish_records(self, records: list[Record]) -> None:
+        await self._publish(_Pending(records=records))
