@@ -22,6 +22,13 @@ TOPIC_LATE = "asvat.incidents.late.v1"
 TOPIC_REVIEWS = "asvat.reviews.v1"
 TOPIC_CASE_REVIEWS = "asvat.case-reviews.v1"
 TOPIC_INTEGRITY = "asvat.integrity.v1"
+#: Raw incident.v1 events from upstream command-and-control integrations (ingest reads it).
+TOPIC_RAW = "asvat.raw.v1"
+#: Records ingest's Kafka and file sources rejected, pseudonymised (schemas/dead-letter.v1.json).
+TOPIC_DLQ = "asvat.incidents.dlq.v1"
+#: One partition: a record written by ingest each time it has republished its durable log to
+#: a broker that had lost it (the embedded broker keeps nothing across a restart).
+TOPIC_EPOCH = "asvat.epoch.v1"
 ALL_TOPICS = (
     TOPIC_INCIDENTS,
     TOPIC_ASSESSMENTS,
@@ -82,6 +89,23 @@ class Settings(BaseSettings):
     )
     database_url: str | None = Field(
         None,
+    hmac_previous_key_files: str | None = Field(
+        None,
+        description="ASVAT_HMAC_PREVIOUS_KEY_FILES: during a key rotation, the retired keys "
+        "still linked, as `id=path[,id=path]` (files holding the keys); see docs/operations.md.",
+    )
+    hmac_previous_keys: str | None = Field(
+        None,
+        description="ASVAT_HMAC_PREVIOUS_KEYS: as ASVAT_HMAC_PREVIOUS_KEY_FILES, with the keys "
+        "themselves: `id=key[,id=key]`.",
+        repr=False,
+    )
+    event_log_url: str | None = Field(
+        None,
+        description="ASVAT_EVENT_LOG_URL: SQLAlchemy URL of ingest's durable event log (every "
+        "accepted event, republished to a broker that lost it). Unset: a SQLite file "
+        "`ingest-events.db` in the data directory. In production, PostgreSQL.",
+    )
         description="ASVAT_DATABASE_URL: SQLAlchemy URL of the API database. "
         "Unset: a SQLite file `asvat.db` in the data directory.",
     )
@@ -156,3 +180,9 @@ class Settings(BaseSettings):
 
 def load_settings() -> Settings:
     return Settings()
+    @property
+    def resolved_event_log_url(self) -> str:
+        if self.event_log_url:
+            return self.event_log_url
+        return f"sqlite:///{(self.data_dir / 'ingest-events.db').resolve()}"
+

@@ -61,6 +61,7 @@ class Supervisor:
         self.signalled: list[int] = []  # appended to by the signal handler, nothing else
         self.tokens: dict[str, str] = {}  # role -> token made for this run
         self._token_ids: list[str] = []
+        self.restarts = 0  # of the embedded broker
 
     def say(self, text: str) -> None:
         print(text, file=self.out, flush=True)
@@ -169,7 +170,22 @@ class Supervisor:
             time.sleep(0.5)
         return not pending
 
+    def check_broker(self) -> None:
+        """Restart the embedded broker if it died. It comes back empty (memory only): ingest
+        republishes its durable event log to it and the workers read it again."""
+        broker = self.broker
+        if broker is None or broker.running or self.stopping.is_set():
+            return
+        self.restarts += 1
+        self.say(
+            f"the embedded Kafka broker exited; restarting it on {broker.bootstrap} "
+            "(empty: ingest republishes its durable event log)"
+        )
+        broker.start()
+        ensure_topics(broker.bootstrap, self.settings.topic_partitions)
+
     def check_children(self) -> None:
+        self.check_broker()
         for child in self.children:
             code = child.process.poll()
             if code is not None and not self.stopping.is_set():

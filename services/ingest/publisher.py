@@ -21,9 +21,12 @@ Choices forced by the embedded broker (Tansu, memory-only) and kafka-python 3.0:
 
 from __future__ import annotations
 
+import json
 import logging
+import socket
 import threading
 import time
+import uuid
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -33,7 +36,8 @@ from asvat.embedded.broker import (
     parse_bootstrap,
     ping_broker,
 )
-from asvat.settings import TOPIC_INCIDENTS
+from asvat.settings import TOPIC_EPOCH, TOPIC_INCIDENTS
+from services.ingest.event_log import EventLog, LoggedEvent
 
 log = logging.getLogger(__name__)
 
@@ -167,3 +171,165 @@ class KafkaPublisher:
             bootstrap_timeout_ms=remaining_ms,
             allow_auto_create_topics=False,
         )
+
+
+class DurablePublisher:
+    """:class:`Publisher` that appends to the durable event log before publishing.
+
+    A record is acknowledged (the call returns) only once it is both in the log and
+    acknowledged by the broker. If the broker fails, the records this call added to the log
+    are removed again and :class:`BrokerUnavailable` is raised (the client is told 503 and
+    re-sends), so the log never holds an event its client was told was refused.
+    """
+
+    def __init__(self, inner: KafkaPublisher, event_log: EventLog) -> None:
+        self.inner = inner
+        self.event_log = event_log
+
+    def publish(self, records: Sequence[tuple[str, bytes]]) -> None:
+        if not records:
+            return
+        logged = [LoggedEvent(_event_id_of(value), key, value) for key, value in records]
+        added = self.event_log.append(logged)
+        try:
+            self.inner.publish(records)
+        except BrokerUnavailable:
+            self.event_log.remove(added)
+            raise
+
+    def check_ready(self, timeout: float) -> None:
+        self.inner.check_ready(timeout)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def _event_id_of(value: bytes) -> str:
+    event_id = json.loads(value).get("event_id")
+    if not isinstance(event_id, str) or not event_id:
+        raise ValueError("a pseudonymised incident event without an event_id")
+    return event_id
+
+
+class Republisher:
+    """Publishes the durable log again whenever the broker has lost it.
+
+    Every ``interval`` s it reads the broker's epoch topic (``asvat.epoch.v1``, one
+    partition). An empty or missing epoch topic means the broker has not got the log since
+    it (re)started — the embedded broker keeps nothing across a restart — so the topics are
+    created, the whole log is published again in the order it was accepted, and then an
+    epoch record (a new id, how many events, when) is written. Workers that see a new epoch
+    read the incidents topic again from the start (see ``replica.py``). Several ingest
+    processes may each do it: consumers ignore events they have seen.
+    """
+
+    def __init__(
+        self,
+        bootstrap: str,
+        event_log: EventLog,
+        publisher: KafkaPublisher,
+        *,
+        partitions: int,
+        interval: float = 2.0,
+        batch: int = 2000,
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.event_log = event_log
+        self.publisher = publisher
+        self.partitions = partitions
+        self.interval = interval
+        self.batch = batch
+        self.republished_total = 0
+        self.epochs_written = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="asvat-republisher", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.check_once()
+            except (BrokerUnavailable, BrokerUnreachableError, OSError) as exc:
+                log.info("republisher: broker not available (%s)", exc)
+            except Exception:
+                log.exception("republisher: check failed; trying again")
+            self._stop.wait(self.interval)
+
+    def check_once(self) -> int | None:
+        """Republish if the broker has no epoch; returns how many events were republished
+        (None when the broker already had the log)."""
+        ping_broker(self.bootstrap, timeout=2.0)
+        if read_epoch(self.bootstrap) is not None:
+            return None
+        ensure_topics(self.bootstrap, self.partitions)
+        ensure_topics(self.bootstrap, 1, [TOPIC_EPOCH])
+        count = 0
+        for chunk in self.event_log.read(self.batch):
+            self.publisher.publish([(e.key, e.value) for e in chunk])
+            count += len(chunk)
+            if self._stop.is_set():
+                return count
+        epoch = {
+            "epoch": uuid.uuid4().hex,
+            "republished": count,
+            "at": time.time(),
+            "by": socket.gethostname(),
+        }
+        write_epoch(self.bootstrap, epoch)
+        self.republished_total += count
+        self.epochs_written += 1
+        log.log(
+            logging.WARNING if count else logging.INFO,
+            "the broker had no epoch: republished %d events from the durable log (epoch %s)",
+            count, epoch["epoch"],
+        )
+        return count
+
+
+def read_epoch(bootstrap: str) -> dict[str, Any] | None:
+    """The newest epoch record on the broker, or None if there is none (or no topic)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(
+        bootstrap_servers=[f"{h}:{p}" for h, p in parse_bootstrap(bootstrap)],
+        client_id="asvat-epoch-reader",
+        group_id=None,
+        enable_auto_commit=False,
+        request_timeout_ms=10_000,
+    )
+    try:
+        if not consumer.partitions_for_topic(TOPIC_EPOCH):
+            return None
+        tp = TopicPartition(TOPIC_EPOCH, 0)
+        consumer.assign([tp])
+        end = consumer.end_offsets([tp])[tp]
+        if end <= 0:
+            return None
+        consumer.seek(tp, max(0, end - 1))
+        found: dict[str, Any] | None = None
+        deadline = time.monotonic() + 5.0
+        while found is None and time.monotonic() < deadline:
+            for records in consumer.poll(timeout_ms=500).values():
+                for record in records:
+                    found = json.loads(record.value)
+        if found is None:
+            raise BrokerUnavailable(f"{TOPIC_EPOCH} has records but none could be read")
+        return found
+    finally:
+        consumer.close()
+
+
+def write_epoch(bootstrap: str, epoch: dict[str, Any]) -> None:
+    publisher = KafkaPublisher(bootstrap, topic=TOPIC_EPOCH, partitions=1)
+    try:
+        publisher.publish([("epoch", json.dumps(epoch).encode())])
+    finally:
+        publisher.close()

@@ -52,6 +52,7 @@ from asvat.embedded.broker import ensure_topics, parse_bootstrap
 from asvat.settings import (
     TOPIC_ASSESSMENTS,
     TOPIC_CASE_REVIEWS,
+    TOPIC_EPOCH,
     TOPIC_ESCALATIONS,
     TOPIC_INCIDENTS,
     TOPIC_INTEGRITY,
@@ -78,6 +79,8 @@ BATCH_SIZE = 2000
 POLL_MS = 200
 #: Seconds between retries while the broker does not take the outputs.
 RETRY_S = 1.0
+#: Longest wait for the broker to acknowledge one batch of outputs before starting over.
+PUBLISH_TIMEOUT_S = 30.0
 
 Record = tuple[str, bytes, bytes]  # (topic, key, value)
 
@@ -131,6 +134,8 @@ class Replica:
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._partitions: list[TopicPartition] = []
+        self._epoch_tp = TopicPartition(TOPIC_EPOCH, 0)
+        self._epochs: set[str] = set()
         self._stopping = False
 
     # -- ownership (called by the faust app's rebalance signals) ----------------------------
@@ -190,15 +195,7 @@ class Replica:
         """Read, apply and publish until :meth:`stop`."""
         servers = [f"{h}:{p}" for h, p in parse_bootstrap(self.settings.bootstrap)]
         await asyncio.to_thread(self._ensure_topics)
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=servers,
-            client_id=f"{self.client_id}-out",
-            acks="all",
-            linger_ms=5,
-            enable_idempotence=False,
-            max_batch_size=256 * 1024,
-            request_timeout_ms=15_000,
-        )
+        self._producer = self._new_producer()
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=servers,
             client_id=f"{self.client_id}-replica",
@@ -223,6 +220,7 @@ class Replica:
 
     def _ensure_topics(self) -> None:
         ensure_topics(self.settings.bootstrap, self.settings.topic_partitions)
+        ensure_topics(self.settings.bootstrap, 1, [TOPIC_EPOCH])
 
     async def _assign_all(self) -> None:
         consumer = self._consumer
@@ -242,8 +240,8 @@ class Replica:
             )
             self.ownership = Ownership(len(partitions), self.ownership.owned)
         self._partitions = [TopicPartition(TOPIC_INCIDENTS, p) for p in sorted(partitions)]
-        consumer.assign(self._partitions)
-        await consumer.seek_to_beginning(*self._partitions)
+        consumer.assign([*self._partitions, self._epoch_tp])
+        await consumer.seek_to_beginning(*self._partitions, self._epoch_tp)
         await self._start_catching_up()
 
     async def _start_catching_up(self) -> None:
@@ -277,6 +275,7 @@ class Replica:
             await asyncio.sleep(RETRY_S)
             return
         pending = _Pending()
+        epoch_messages = batches.pop(self._epoch_tp, [])
         for tp, messages in batches.items():
             for message in messages:
                 self._apply(message.value, pending)
@@ -291,6 +290,27 @@ class Replica:
         if self.phase == "live" and self.assigned:
             self._add_snapshots(pending)
         await self._publish(pending)
+        if epoch_messages:
+            await self._see_epochs([m.value for m in epoch_messages])
+
+    async def _see_epochs(self, values: list[bytes]) -> None:
+        """An ingest republished its durable log to a broker that had lost it: read the
+        incidents topic again from the start (the republished events may sit below the
+        positions already read) and publish a full snapshot once caught up."""
+        new = []
+        for value in values:
+            try:
+                epoch = str(json.loads(value)["epoch"])
+            except (ValueError, KeyError, TypeError):
+                log.error("unreadable record on %s: %r", TOPIC_EPOCH, value[:200])
+                continue
+            if epoch not in self._epochs:
+                self._epochs.add(epoch)
+                new.append(epoch)
+        if new and self.phase == "live":
+            log.warning("new broker epoch %s: reading %s again from the start", new[-1],
+                        TOPIC_INCIDENTS)
+            await self._read_again()
 
     def _is_caught_up(self, positions: dict[int, int]) -> bool:
         target = self._catch_up_to or {}
@@ -309,9 +329,19 @@ class Replica:
             "%s is shorter than already read (%s): the broker lost records; reading it again "
             "from the start and re-publishing a snapshot", TOPIC_INCIDENTS, exc,
         )
-        await asyncio.to_thread(self._ensure_topics)
-        await consumer.seek_to_beginning(*self._partitions)
-        self.applied = {}
+        await asyncio.to_thread(self._ensure_topics_quietly)
+        await self._read_again()
+
+    async def _read_again(self) -> None:
+        """Read every partition again from the start. The detector keeps its state (what it
+        reads again is duplicates, ignored); nothing is published until caught up, then a
+        snapshot of everything owned."""
+        consumer = self._consumer
+        assert consumer is not None
+        await consumer.seek_to_beginning(*self._partitions, self._epoch_tp)
+        async with self._applied_changed:
+            self.applied = {}
+            self._applied_changed.notify_all()
         self.phase = "rebuilding"
         self._resnapshot_all = True
         await self._start_catching_up()
@@ -444,20 +474,18 @@ class Replica:
     async def _publish(self, pending: _Pending) -> None:
         """Send every record and wait for the broker to acknowledge all of them, retrying
         until it does; only then do the positions count as applied."""
-        producer = self._producer
-        assert producer is not None
         while pending.records:
             try:
-                futures = [
-                    await producer.send(topic, value, key=key)
-                    for topic, key, value in pending.records
-                ]
-                await asyncio.gather(*futures)
+                await asyncio.wait_for(self._send_all(pending.records), PUBLISH_TIMEOUT_S)
                 break
-            except KafkaError as exc:
+            except (KafkaError, TimeoutError) as exc:
+                # After a broker restart Tansu may refuse the first batches of a partition
+                # ("UnknownError") and the producer's state can be stale: start a new one.
                 log.warning(
-                    "publishing %d records failed (%s); retrying", len(pending.records), exc
+                    "publishing %d records failed (%s: %s); retrying with a new producer",
+                    len(pending.records), type(exc).__name__, exc,
                 )
+                await self._restart_producer()
                 await asyncio.sleep(RETRY_S)
                 await asyncio.to_thread(self._ensure_topics_quietly)
         if pending.positions or pending.records:
@@ -468,6 +496,33 @@ class Replica:
                 self._applied_changed.notify_all()
         self.metrics.retained.set(self.detector.retained_incidents)
         self.metrics.last_batch.set(time.time())
+
+    async def _send_all(self, records: list[Record]) -> None:
+        producer = self._producer
+        assert producer is not None
+        futures = [await producer.send(topic, value, key=key) for topic, key, value in records]
+        await asyncio.gather(*futures)
+
+    async def _restart_producer(self) -> None:
+        old = self._producer
+        assert old is not None
+        try:
+            await asyncio.wait_for(old.stop(), 10)
+        except (KafkaError, TimeoutError) as exc:
+            log.info("old producer did not stop cleanly: %s", exc)
+        self._producer = self._new_producer()
+        await self._producer.start()
+
+    def _new_producer(self) -> AIOKafkaProducer:
+        return AIOKafkaProducer(
+            bootstrap_servers=[f"{h}:{p}" for h, p in parse_bootstrap(self.settings.bootstrap)],
+            client_id=f"{self.client_id}-out",
+            acks="all",
+            linger_ms=5,
+            enable_idempotence=False,
+            max_batch_size=256 * 1024,
+            request_timeout_ms=15_000,
+        )
 
     def _ensure_topics_quietly(self) -> None:
         try:

@@ -1,0 +1,362 @@
+"""Faults on real processes: two workers, kill -9, a killed API, a restarted broker.
+
+One pipeline for the module, started piece by piece so that each piece can be killed: the
+embedded Tansu broker, ingest, the API and two workers in one consumer group, each its own
+process. Every test posts a fresh stream of real Northumbria incidents (with repeat
+callers) while it breaks something, then checks what a control room relies on, over every
+event posted so far:
+
+* every event that got a 202 is in ingest's durable event log (accounted for);
+* every incident's assessment in the API equals `asvat replay`'s over the same events;
+* the escalations in the API are exactly the subjects, at exactly the levels, that the
+  replay's assessments escalate, each once, and no escalation event was recorded twice.
+
+Nothing is mocked; the tests run in file order and share the pipeline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from asvat.demo import northumbria_incidents
+from asvat.embedded.broker import EmbeddedBroker
+from tests.e2e.test_up import free_port, wait_for
+
+pytestmark = pytest.mark.e2e
+
+LEVEL_RANK = {"medium": 1, "high": 2}
+
+
+@dataclass
+class Pipeline:
+    data_dir: Path
+    ports: dict[str, int]
+    broker: EmbeddedBroker
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    ingest_token: str = ""
+    api_token: str = ""
+    posted: dict[str, dict[str, Any]] = field(default_factory=dict)  # event_id -> event
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ASVAT_")}
+        env.update(
+            ASVAT_DATA_DIR=str(self.data_dir),
+            ASVAT_KAFKA_BOOTSTRAP=self.broker.bootstrap,
+            ASVAT_API_PORT=str(self.ports["api"]),
+            ASVAT_INGEST_PORT=str(self.ports["ingest"]),
+            ASVAT_TOPIC_PARTITIONS="4",
+            ASVAT_WORKER_STALL_SECONDS="30",
+            PYTHONUNBUFFERED="1",
+        )
+        return env
+
+    def start(self, name: str) -> None:
+        """Start ``ingest``, ``api``, ``worker-a`` or ``worker-b`` as its own process."""
+        command = name.split("-")[0]
+        env = self.env
+        if command == "worker":
+            env["ASVAT_WORKER_PORT"] = str(self.ports[name])
+        log = (self.data_dir / f"{name}.log").open("ab")
+        self.processes[name] = subprocess.Popen(
+            [sys.executable, "-m", "asvat", command],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def kill(self, name: str) -> None:
+        process = self.processes.pop(name)
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(30)
+
+    def ready(self, name: str) -> bool:
+        port = self.ports[name]
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as r:
+                return r.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def readyz(self, name: str) -> dict[str, Any]:
+        url = f"http://127.0.0.1:{self.ports[name]}/readyz"
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                return dict(json.loads(response.read()))
+        except urllib.error.HTTPError as error:
+            return dict(json.loads(error.read()))
+
+    def wait_ready(self, *names: str, timeout: float = 120) -> None:
+        for name in names:
+            wait_for(lambda n=name: self.ready(n), timeout, f"{name} ready")
+
+    def stop_all(self) -> None:
+        for name in list(self.processes):
+            process = self.processes.pop(name)
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+                try:
+                    process.wait(30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(process.pid, signal.SIGKILL)
+                    process.wait()
+        self.broker.stop()
+
+    def log_tail(self, name: str, lines: int = 30) -> str:
+        path = self.data_dir / f"{name}.log"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def _cli(pipeline: Pipeline, *args: str) -> str:
+    result = subprocess.run(
+        [sys.executable, "-m", "asvat", *args],
+        env=pipeline.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
+    data_dir = tmp_path_factory.mktemp("faults")
+    ports = {name: free_port() for name in ("broker", "api", "ingest", "worker-a", "worker-b")}
+    broker = EmbeddedBroker(ports["broker"], log_path=data_dir / "broker.log")
+    broker.start()
+    system = Pipeline(data_dir, ports, broker)
+    try:
+        _cli(system, "db", "upgrade")
+        system.ingest_token = _cli(system, "token", "create", "--role", "ingest").split()[-1]
+        system.api_token = _cli(system, "token", "create", "--role", "viewer").split()[-1]
+        for name in ("ingest", "api", "worker-a", "worker-b"):
+            system.start(name)
+        system.wait_ready("ingest", "api", "worker-a", "worker-b")
+        yield system
+    finally:
+        system.stop_all()
+
+
+class Poster:
+    """Posts events in batches, re-sending a batch on 503 or a refused connection (as the
+    503 tells clients to), and records what got a 202."""
+
+    def __init__(
+        self, pipeline: Pipeline, events: list[dict[str, Any]], batch: int = 10, pause: float = 0.1
+    ) -> None:
+        self.pipeline = pipeline
+        self.pause = pause
+        self.events = events
+        self.batch = batch
+        self.accepted: list[str] = []
+        self.retries = 0
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _post(self, chunk: list[dict[str, Any]]) -> int:
+        body = "".join(json.dumps(e) + "\n" for e in chunk).encode()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.pipeline.ports['ingest']}/v1/incidents",
+            data=body,
+            method="POST",
+            headers={
+                "Content-Type": "application/x-ndjson",
+                "Authorization": f"Bearer {self.pipeline.ingest_token}",
+            },
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return int(response.status)
+        except urllib.error.HTTPError as error:
+            return int(error.code)
+        except (urllib.error.URLError, OSError):
+            return 0
+
+    def _run(self) -> None:
+        for start in range(0, len(self.events), self.batch):
+            chunk = self.events[start : start + self.batch]
+            deadline = time.monotonic() + 120
+            while (status := self._post(chunk)) != 202:
+                assert status in (0, 503), f"unexpected status {status}"
+                assert time.monotonic() < deadline, "ingest refused a batch for 120 s"
+                self.retries += 1
+                time.sleep(0.5)
+            self.accepted.extend(e["event_id"] for e in chunk)
+            for e in chunk:
+                self.pipeline.posted[e["event_id"]] = e
+            time.sleep(self.pause)
+
+    def start(self) -> Poster:
+        self.thread.start()
+        return self
+
+    def wait_for_count(self, count: int, timeout: float = 60) -> None:
+        wait_for(lambda: len(self.accepted) >= count, timeout, f"{count} events accepted")
+
+    def join(self, timeout: float = 240) -> None:
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "the poster did not finish"
+
+
+def fresh_events(offset: int, count: int) -> list[dict[str, Any]]:
+    """Real Northumbria incidents (seeded synthetic callers, many repeats), given ids of
+    their own so that each test adds new incidents to the same pipeline."""
+    events = northumbria_incidents(seed=5, limit=offset + count, shift_to=datetime.now(tz=UTC))
+    first = {e["incident_id"] for e in events[:offset]} if offset else set()
+    chosen = [e for e in events if e["incident_id"] not in first]
+    for e in chosen:
+        e["event_id"] = f"F{offset}-{e['event_id']}"
+        e["incident_id"] = f"F{offset}-{e['incident_id']}"
+    return chosen
+
+
+def check_consistent(pipeline: Pipeline, tmp_path: Path, accepted: list[str]) -> None:
+    """The three invariants of the module docstring, over everything posted so far."""
+    # 1. Every 202 is accounted for in the durable log.
+    log = sqlite3.connect(pipeline.data_dir / "ingest-events.db")
+    logged = {row[0] for row in log.execute("SELECT event_id FROM ingest_event_log_v1")}
+    log.close()
+    missing = set(accepted) - logged
+    assert not missing, f"{len(missing)} accepted events are not in the durable log"
+
+    # 2. Live assessments equal the offline replay's.
+    source = tmp_path / "events.jsonl"
+    source.write_text("".join(json.dumps(e) + "\n" for e in pipeline.posted.values()))
+    output = tmp_path / "replay.jsonl"
+    _cli(pipeline, "replay", "--input", str(source), "--output", str(output), "--no-progress")
+    expected = {a["incident_id"]: a for a in map(json.loads, output.read_text().splitlines())}
+    assert len(expected) > 100
+
+    def api_rows(sql: str) -> list[tuple[Any, ...]]:
+        db = sqlite3.connect(pipeline.data_dir / "asvat.db")
+        try:
+            return db.execute(sql).fetchall()
+        finally:
+            db.close()
+
+    differences: list[str] = []
+
+    def assessments_match() -> bool:
+        live = dict(api_rows("SELECT incident_id, assessment_id FROM assessments"))
+        differences[:] = [
+            i for i, a in expected.items() if live.get(i) != a["assessment_id"]
+        ]
+        return not differences
+
+    try:
+        wait_for(assessments_match, 120, "every live assessment to equal the replay's")
+    except AssertionError:
+        raise AssertionError(
+            f"{len(differences)} of {len(expected)} incidents differ from the replay, e.g. "
+            f"{differences[:3]}\nworker-a:\n{pipeline.log_tail('worker-a')}"
+        ) from None
+
+    # 3. Escalations: exactly the subjects and levels the replay escalates, each once.
+    wanted: dict[tuple[str, str], str] = {}
+    location_rules = ("location-7d-100m",)
+    for a in expected.values():
+        level = a.get("risk_level")
+        if level not in LEVEL_RANK:
+            continue
+        subjects = []
+        if a["victim_key"]:
+            subjects.append(("victim", a["victim_key"]))
+        if a["location_key"] and any(rule in a["contributing"] for rule in location_rules):
+            subjects.append(("location", a["location_key"]))
+        for subject in subjects:
+            if LEVEL_RANK[level] > LEVEL_RANK.get(wanted.get(subject, ""), 0):
+                wanted[subject] = level
+    assert wanted, "the stream should escalate some subjects"
+
+    def escalations_match() -> bool:
+        rows = api_rows("SELECT subject_type, subject_key, level FROM escalations")
+        found = {(t, k): level for t, k, level in rows}
+        return len(rows) == len(found) and found == wanted
+
+    wait_for(escalations_match, 60, "the API's escalations to equal the replay's")
+    duplicates = api_rows(
+        "SELECT event_key, COUNT(*) FROM escalation_events GROUP BY event_key HAVING COUNT(*) > 1"
+    )
+    assert duplicates == []
+
+
+def test_two_workers_share_the_partitions_and_agree_with_the_replay(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    owned = [pipeline.readyz(name)["owned_partitions"] for name in ("worker-a", "worker-b")]
+    assert sorted(owned[0] + owned[1]) == [0, 1, 2, 3], owned
+    assert owned[0] and owned[1], "each worker should own some partitions"
+    poster = Poster(pipeline, fresh_events(0, 300)).start()
+    poster.join()
+    check_consistent(pipeline, tmp_path, poster.accepted)
+
+
+def test_a_worker_killed_mid_stream_and_restarted_loses_and_doubles_nothing(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    poster = Poster(pipeline, fresh_events(300, 300)).start()
+    poster.wait_for_count(100)
+    pipeline.kill("worker-a")  # kill -9, mid-stream
+    # The other worker takes every partition over (it leaves the group's session first).
+    wait_for(
+        lambda: len(pipeline.readyz("worker-b").get("owned_partitions", [])) == 4,
+        60,
+        "worker-b to own every partition",
+    )
+    poster.wait_for_count(200)
+    pipeline.start("worker-a")  # joins mid-stream: a rebalance hands it partitions back
+    poster.join()
+    pipeline.wait_ready("worker-a", "worker-b")
+    check_consistent(pipeline, tmp_path, poster.accepted)
+
+
+def test_the_api_killed_mid_stream_catches_up_without_gaps_or_repeats(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    poster = Poster(pipeline, fresh_events(600, 300)).start()
+    poster.wait_for_count(100)
+    pipeline.kill("api")
+    poster.wait_for_count(200)
+    pipeline.start("api")
+    poster.join()
+    pipeline.wait_ready("api")
+    check_consistent(pipeline, tmp_path, poster.accepted)
+
+
+def test_a_restarted_embedded_broker_is_refilled_from_the_durable_log(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    events = fresh_events(900, 300)
+    poster = Poster(pipeline, events).start()
+    poster.wait_for_count(60)
+    assert len(poster.accepted) < len(events) // 2, "the broker should die mid-stream"
+    broker = pipeline.broker
+    os.killpg(broker.pid or 0, signal.SIGKILL)  # every topic, offset and group is gone
+    wait_for(lambda: not broker.running, 10, "the broker to be gone")
+    time.sleep(2)  # posts meet 503 meanwhile; the poster re-sends them
+    broker.start()
+    poster.join()
+    assert poster.retries > 0, "some posts should have met the broker's absence"
+    pipeline.wait_ready("worker-a", "worker-b", timeout=180)
+    check_consistent(pipeline, tmp_path, poster.accepted)
+    resets = [pipeline.readyz(name)["broker_resets"] for name in ("worker-a", "worker-b")]
+    snapshots = [pipeline.readyz(name)["snapshots"] for name in ("worker-a", "worker-b")]
+    assert all(n >= 1 for n in snapshots), snapshots
+    assert resets, resets
