@@ -27,7 +27,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
-from asvat.settings import ALL_TOPICS, EMBEDDED_BROKER_PORT
+from asvat.settings import ALL_TOPICS, EMBEDDED_BROKER_PORT, TOPIC_INCIDENTS
+
+#: Retention of ``asvat.incidents.v1`` when asvat creates it: six years (MoPI's minimum
+#: review period, DOMAIN.md), well beyond the default policy's longest window plus
+#: ``max_lateness`` (583 days), which is the least a worker needs to rebuild its state.
+INCIDENTS_RETENTION_MS = 2192 * 86_400_000
 
 log = logging.getLogger(__name__)
 
@@ -222,7 +227,11 @@ def ensure_topics(
         missing = [name for name in wanted if name not in existing]
         if missing:
             spec = {
-                name: {"num_partitions": partitions, "replication_factor": 1, "configs": configs}
+                name: {
+                    "num_partitions": partitions,
+                    "replication_factor": 1,
+                    "configs": _configs_for(name, configs, retention_ms),
+                }
                 for name in missing
             }
             result: dict[str, Any] = admin.create_topics(spec, raise_errors=False)
@@ -257,6 +266,15 @@ def ensure_topics(
         ) from exc
     finally:
         admin.close()
+
+
+def _configs_for(name: str, configs: dict[str, str], retention_ms: int | None) -> dict[str, str]:
+    """The incidents topic is what workers rebuild their state from: unless told otherwise
+    it keeps records for :data:`INCIDENTS_RETENTION_MS`, not the broker's default (7 days on
+    Apache Kafka, which would make a restarted worker forget older repeats)."""
+    if name == TOPIC_INCIDENTS and retention_ms is None:
+        return {**configs, "retention.ms": str(INCIDENTS_RETENTION_MS)}
+    return configs
 
 
 # --------------------------------------------------------------------------- the broker

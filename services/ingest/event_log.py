@@ -115,6 +115,12 @@ class EventLog:
         with self.engine.begin() as conn:
             conn.execute(delete(event_log).where(event_log.c.event_id.in_(list(event_ids))))
 
+    def purge_accepted_before(self, cutoff: float) -> int:
+        """Delete events accepted before ``cutoff`` (Unix time); returns how many."""
+        with self.engine.begin() as conn:
+            result = conn.execute(delete(event_log).where(event_log.c.accepted_at < cutoff))
+            return int(result.rowcount or 0)
+
     def count(self) -> int:
         with self.engine.connect() as conn:
             return int(conn.scalar(select(func.count()).select_from(event_log)) or 0)

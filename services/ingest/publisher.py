@@ -232,6 +232,8 @@ class Republisher:
         partitions: int,
         interval: float = 2.0,
         batch: int = 2000,
+        retention_s: float | None = None,
+        purge_every_s: float = 86_400.0,
     ) -> None:
         self.bootstrap = bootstrap
         self.event_log = event_log
@@ -239,6 +241,10 @@ class Republisher:
         self.partitions = partitions
         self.interval = interval
         self.batch = batch
+        self.retention_s = retention_s
+        self.purge_every_s = purge_every_s
+        self._last_purge = 0.0
+        self.purged_total = 0
         self.republished_total = 0
         self.epochs_written = 0
         self._stop = threading.Event()
@@ -256,12 +262,28 @@ class Republisher:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
+                self.purge_if_due()
                 self.check_once()
             except (BrokerUnavailable, BrokerUnreachableError, OSError) as exc:
                 log.info("republisher: broker not available (%s)", exc)
             except Exception:
                 log.exception("republisher: check failed; trying again")
             self._stop.wait(self.interval)
+
+    def purge_if_due(self, now: float | None = None) -> int:
+        """Delete events accepted more than ``retention_s`` ago, at most once per
+        ``purge_every_s`` (the policy's ``retention.incidents`` and ``retention.every``)."""
+        now = time.time() if now is None else now
+        if self.retention_s is None or now - self._last_purge < self.purge_every_s:
+            return 0
+        self._last_purge = now
+        removed = self.event_log.purge_accepted_before(now - self.retention_s)
+        self.purged_total += removed
+        log.info(
+            "retention: removed %d events accepted more than %.0f days ago from the durable "
+            "event log", removed, self.retention_s / 86_400,
+        )
+        return removed
 
     def check_once(self) -> int | None:
         """Republish if the broker has no epoch; returns how many events were republished

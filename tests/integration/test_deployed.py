@@ -142,8 +142,9 @@ def service_env(
             env[variable] = "127.0.0.1"
     if name in PORT_VARIABLE:
         env[PORT_VARIABLE[name]] = str(port)
-    if "ASVAT_DATABASE_URL" in env:
-        env["ASVAT_DATABASE_URL"] = local_database_url(env["ASVAT_DATABASE_URL"], db)
+    for variable in ("ASVAT_DATABASE_URL", "ASVAT_EVENT_LOG_URL"):
+        if variable in env:
+            env[variable] = local_database_url(env[variable], db)
     # Unique groups: nothing else on this broker, but a re-run must not inherit offsets.
     suffix = uuid.uuid4().hex[:8]
     env["ASVAT_CONSUMER_GROUP"] = f"asvat-repeat-detector-{suffix}"

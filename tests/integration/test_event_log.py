@@ -8,6 +8,7 @@ again to a broker that lost it — with the epoch record that tells workers to r
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -95,3 +96,21 @@ def test_a_broker_that_lost_everything_gets_the_log_back_with_a_new_epoch(
         kafka.close()
         log.close()
         broker.stop()
+
+
+def test_events_past_retention_are_purged_at_most_once_per_interval(database_url: str) -> None:
+    log = EventLog(database_url)
+    try:
+        log.append([logged(1), logged(2)])
+        republisher = Republisher(
+            "127.0.0.1:1", log, FailingPublisher("127.0.0.1:1"), partitions=1,
+            retention_s=100.0, purge_every_s=3600.0,
+        )
+        now = time.time()
+        assert republisher.purge_if_due(now) == 0  # both accepted just now: kept
+        log.append([logged(3)])
+        assert republisher.purge_if_due(now + 200) == 0  # not due again within the hour
+        assert republisher.purge_if_due(now + 3601) == 3  # all older than 100 s by then
+        assert log.count() == 0
+    finally:
+        log.close()

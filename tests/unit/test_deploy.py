@@ -293,7 +293,7 @@ K8S = ROOT / "deploy" / "k8s"
 #: The Kubernetes minor version the manifests are validated against.
 K8S_VERSION = "1.30.0"
 #: Kinds the Kubernetes schemas do not cover (custom resources, kustomize).
-CUSTOM_KINDS = {"ScaledObject", "Kustomization"}
+CUSTOM_KINDS = {"Kustomization"}
 
 
 def _manifests() -> list[tuple[str, dict[str, Any]]]:
@@ -342,12 +342,11 @@ def test_the_kubernetes_schema_check_catches_mistakes() -> None:
     assert _k8s_errors(deployment) is not None
 
 
-def test_kustomization_lists_every_manifest_but_the_optional_scalers() -> None:
+def test_kustomization_lists_every_manifest() -> None:
     kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
     listed = set(kustomization["resources"])
     on_disk = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
-    assert on_disk - listed == {"worker-scaledobject.yaml", "worker-hpa.yaml"}
-    assert listed <= on_disk
+    assert on_disk == listed
 
 
 def test_deployments_services_and_budgets_fit_together() -> None:
@@ -428,33 +427,18 @@ def test_configmaps_hold_known_settings_and_a_valid_policy() -> None:
     assert settings["ASVAT_POLICY"] == f"{mount}/policy.yaml"
 
 
-def test_worker_scaling_respects_partitions_and_runs_one_worker_for_now() -> None:
-    """Workers beyond the partition count get nothing; and today each worker's engine sees
-    only its own partitions, so one worker only (docs/operations.md, Scale workers)."""
+def test_workers_are_an_active_active_pair_within_the_partition_count() -> None:
+    """Every worker holds the whole state and publishes its partitions' outputs: two give
+    fail-over, at most the partition count publish, and a rolling update waits for a new
+    worker to be caught up (/readyz) before it takes an old one away."""
     settings = _of_kind("ConfigMap")["asvat-settings"]["data"]
     partitions = int(settings["ASVAT_TOPIC_PARTITIONS"])
     worker = _of_kind("Deployment")["asvat-worker"]["spec"]
-    assert worker["replicas"] == 1 and worker["strategy"]["type"] == "Recreate"
-
-    (scaled,) = _of_kind("ScaledObject").values()
-    spec = scaled["spec"]
-    assert scaled["apiVersion"] == "keda.sh/v1alpha1"
-    assert spec["scaleTargetRef"]["name"] == "asvat-worker"
-    assert 1 <= spec["minReplicaCount"] <= spec["maxReplicaCount"] <= partitions
-    assert spec["maxReplicaCount"] == 1
-    (trigger,) = spec["triggers"]
-    assert trigger["type"] == "kafka"
-    assert trigger["metadata"]["consumerGroup"] == settings["ASVAT_CONSUMER_GROUP"]
-    assert trigger["metadata"]["topic"] == "asvat.incidents.v1"
-    assert trigger["metadata"]["bootstrapServers"] == settings["ASVAT_KAFKA_BOOTSTRAP"]
-    assert int(trigger["metadata"]["lagThreshold"]) > 0
-    assert trigger["metadata"]["allowIdleConsumers"] == "false"
-
-    (hpa,) = _of_kind("HorizontalPodAutoscaler").values()
-    assert hpa["spec"]["scaleTargetRef"]["name"] == "asvat-worker"
-    assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"] <= partitions
-    assert hpa["spec"]["maxReplicas"] == 1
-    (metric,) = hpa["spec"]["metrics"]
-    assert metric["external"]["metric"]["name"] == "asvat_worker_consumer_lag"
+    assert 2 <= worker["replicas"] <= partitions
+    assert worker["strategy"]["type"] == "RollingUpdate"
+    assert worker["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    (container,) = worker["template"]["spec"]["containers"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert not _of_kind("ScaledObject") and not _of_kind("HorizontalPodAutoscaler")
     readme = (K8S / "README.md").read_text(encoding="utf-8")
-    assert "sum(asvat_worker_consumer_lag_messages)" in readme
+    assert "No autoscaling on consumer lag" in readme
