@@ -6,9 +6,10 @@ with its source). :func:`load_policy_text` validates it completely and raises
 stops a program at start-up instead of mis-counting quietly.
 
 Besides ``codes``, ``scope``, ``unknown_code``, ``max_lateness`` and ``rules``, a policy may
-carry four optional sections: ``risk`` (the scoring model), ``case_review`` (the ASB Case
-Review threshold), ``integrity`` (crime data integrity) and ``tasking`` (actions and review
-cadences per escalation level). A section that a policy omits is the shipped default's.
+carry five optional sections: ``risk`` (the scoring model), ``case_review`` (the ASB Case
+Review threshold), ``integrity`` (crime data integrity), ``tasking`` (actions and review
+cadences per escalation level) and ``retention`` (how long the API keeps personal data).
+A section that a policy omits is the shipped default's.
 A section that it gives is merged over the shipped one key by key, at every depth of
 mappings: a key left out keeps the shipped value; a key given replaces it (a list, such as
 a set of phrases or of actions, is replaced whole, never appended to).
@@ -237,6 +238,7 @@ class Policy:
     case_review: CaseReviewPolicy = field(default_factory=lambda: _shipped().case_review)
     integrity: IntegrityPolicy = field(default_factory=lambda: _shipped().integrity)
     tasking: TaskingPolicy = field(default_factory=lambda: _shipped().tasking)
+    retention: RetentionPolicy = field(default_factory=lambda: _shipped().retention)
 
     def __post_init__(self) -> None:
         object.__setattr__(
@@ -380,7 +382,7 @@ def _rules(raw: object, origin: str) -> tuple[Rule, ...]:
 
 # -- optional sections: risk, case_review, integrity, tasking ------------------------------
 
-SECTIONS = ("risk", "case_review", "integrity", "tasking")
+SECTIONS = ("risk", "case_review", "integrity", "tasking", "retention")
 
 
 @dataclass(frozen=True, slots=True)
@@ -389,6 +391,7 @@ class Sections:
     case_review: CaseReviewPolicy
     integrity: IntegrityPolicy
     tasking: TaskingPolicy
+    retention: RetentionPolicy
 
 
 def _only(spec: Mapping[str, Any], allowed: tuple[str, ...], key: str, origin: str) -> None:
@@ -778,6 +781,70 @@ def _tasking(raw: object, origin: str) -> TaskingPolicy:
     return TaskingPolicy(levels=levels, review_notice=notice)
 
 
+@dataclass(frozen=True, slots=True)
+class RetentionPolicy:
+    """How long the API database keeps personal data (µs), and how often it is purged.
+
+    ``incidents``: assessments (one per incident) by occurrence time; ``escalations``:
+    closed escalations with their events and reviews, by last change; ``audit``: audit
+    trail entries by when they were written. ``every``: the purge's interval.
+    """
+
+    incidents: int
+    escalations: int
+    audit: int
+    every: int
+
+
+RETENTION_KEYS = ("incidents", "escalations", "audit", "every")
+
+
+def _retention(raw: object, origin: str) -> RetentionPolicy:
+    spec = _expect_mapping(raw, "retention", origin)
+    _only(spec, RETENTION_KEYS, "retention", origin)
+    values = {
+        name: _duration(
+            _present(spec, name, "retention", "a duration such as '2192d'", origin),
+            f"retention.{name}",
+            origin,
+        )
+        for name in RETENTION_KEYS
+    }
+    retention = RetentionPolicy(**values)
+    for kept in ("incidents", "escalations"):
+        if retention.audit < values[kept]:
+            raise PolicyError(
+                "retention.audit",
+                f"at least retention.{kept} ({spec[kept]}): the audit trail must outlive the "
+                "records it is about",
+                spec["audit"],
+                origin=origin,
+            )
+    return retention
+
+
+def _check_retention_fits_rules(
+    retention: RetentionPolicy, rules: tuple[Rule, ...], max_lateness: int, origin: str
+) -> None:
+    """The API must not forget an incident the worker can still re-assess."""
+    needed = max((r.window for r in rules), default=0) + max_lateness
+    if retention.incidents < needed:
+        days = -(-needed // 86_400_000_000)
+        raise PolicyError(
+            "retention.incidents",
+            f"at least the longest rule window plus max_lateness ({days}d), since the "
+            "worker can still re-assess an incident until then",
+            format_duration_days(retention.incidents),
+            origin=origin,
+        )
+
+
+def format_duration_days(micros: int) -> str:
+    """A duration as whole days where it is one (``2192d``), else seconds."""
+    day = 86_400_000_000
+    return f"{micros // day}d" if micros % day == 0 else f"{micros // 1_000_000}s"
+
+
 @cache
 def _shipped_raw_sections() -> dict[str, Any]:
     doc = yaml.safe_load(default_policy_text())
@@ -799,6 +866,7 @@ def _sections(root: Mapping[str, Any], codes: Mapping[str, CodeClass], origin: s
         case_review=_case_review(merged["case_review"], origin),
         integrity=_integrity(merged["integrity"], codes, origin),
         tasking=_tasking(merged["tasking"], origin),
+        retention=_retention(merged["retention"], origin),
     )
 
 
@@ -839,6 +907,7 @@ def policy_from_mapping(doc: object, origin: str = "policy") -> Policy:
     max_lateness = _duration(root.get("max_lateness", "400d"), "max_lateness", origin)
     rules = _rules(root["rules"], origin)
     sections = _sections(root, codes, origin)
+    _check_retention_fits_rules(sections.retention, rules, max_lateness, origin)
     return Policy(
         codes=codes,
         scope=frozenset(scope_raw),
@@ -850,6 +919,7 @@ def policy_from_mapping(doc: object, origin: str = "policy") -> Policy:
         case_review=sections.case_review,
         integrity=sections.integrity,
         tasking=sections.tasking,
+        retention=sections.retention,
     )
 
 

@@ -28,14 +28,14 @@ from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 
 from asvat.auth import AuthUnavailable, Principal, allows, lookup, lookup_engine
-from asvat.contracts import FieldError, validate_incident
-from asvat.domain.identity import pseudonymise_event
 from asvat.domain.policy import Policy
-from asvat.domain.timeutil import MICROS_PER_SECOND, format_timestamp, now_micros
-from asvat.keys import load_hmac_key
+from asvat.domain.timeutil import format_timestamp, now_micros
+from asvat.keys import load_key_ring
 from asvat.logs import ids_of
 from asvat.settings import Settings
+from services.ingest.area_check import CHECKS, AreaCheck
 from services.ingest.publisher import BrokerUnavailable, Publisher
+from services.ingest.submission import REASONS, Accepted, Submission
 
 log = logging.getLogger("asvat.ingest")
 
@@ -84,10 +84,33 @@ class IngestMetrics:
         )
         self.dead_letters = Counter(
             "asvat_ingest_dead_letters",
-            "Incident records set aside in a dead-letter store instead of being published "
-            "(none are yet: a record is either published or refused to the client).",
+            "Records the Kafka source (asvat.raw.v1) set aside on asvat.incidents.dlq.v1 "
+            "instead of publishing, by source and reason code (HTTP refuses to the client "
+            "instead; asvat ingest-file and asvat dlq replay report their own counts).",
+            ["source", "reason"],
             registry=self.registry,
         )
+        self.location_warnings = Counter(
+            "asvat_ingest_location_warnings",
+            "Records published with a place outside the UK or outside the force area "
+            "(flagged, not dropped), by source and check.",
+            ["source", "check"],
+            registry=self.registry,
+        )
+        self.raw_records = Counter(
+            "asvat_ingest_raw_records",
+            "Records read from asvat.raw.v1 and acknowledged downstream, by outcome "
+            "(published, dead_letter).",
+            ["outcome"],
+            registry=self.registry,
+        )
+        for reason in REASONS:
+            self.dead_letters.labels(source="kafka", reason=reason)
+        for check in CHECKS:
+            for source in ("http", "kafka", "bus-feedback"):
+                self.location_warnings.labels(source=source, check=check)
+        for outcome in ("published", "dead_letter"):
+            self.raw_records.labels(outcome=outcome)
         for reason in (
             "invalid_record",
             "malformed_body",
@@ -207,19 +230,10 @@ def _event_ids(records: list[dict[str, Any]]) -> str:
     return shown + (f" and {len(ids) - 20} more" if len(ids) > 20 else "")
 
 
-def policy_code_errors(record: Any, policy: Policy | None) -> list[FieldError]:
-    """Codes the policy does not list, when it rejects unknown codes (``unknown_code``)."""
-    if policy is None or policy.unknown_code != "reject" or not isinstance(record, dict):
-        return []
-    errors = []
-    for field in ("opening_code", "closing_code"):
-        code = record.get(field)
-        if isinstance(code, str) and code and policy.classify(code) is None:
-            known = ", ".join(sorted(policy.codes))
-            errors.append(
-                FieldError(field, f"expected one of the policy's codes ({known}), got {code!r}")
-            )
-    return errors
+def _count_warnings(metrics: IngestMetrics, source: str, accepted: list[Accepted]) -> None:
+    for item in accepted:
+        for check in item.warnings:
+            metrics.location_warnings.labels(source=source, check=check).inc()
 
 
 def create_app(
@@ -255,8 +269,13 @@ def create_app(
             raise HTTPException(403, f"role {principal.role!r} cannot post incidents")
         return principal
 
-    key, key_id = load_hmac_key(settings)
-    future_skew_us = settings.future_skew_seconds * MICROS_PER_SECOND
+    keys = load_key_ring(settings)
+    submission = Submission(
+        keys,
+        policy,
+        future_skew_seconds=settings.future_skew_seconds,
+        area_check=AreaCheck(settings.districts_geojson),
+    )
     metrics = IngestMetrics()
     app = FastAPI(
         title="ASVAT ingest",
@@ -265,6 +284,7 @@ def create_app(
         version="1",
     )
     app.state.metrics = metrics
+    app.state.submission = submission
     app.state.publisher = publisher
 
     def refuse(
@@ -301,8 +321,7 @@ def create_app(
         errors: list[dict[str, Any]] = []
         invalid = 0
         for index, record in enumerate(records):
-            problems = validate_incident(record, now_us=now_us, future_skew_us=future_skew_us)
-            problems += policy_code_errors(record, policy)
+            problems = submission.problems(record, now_us=now_us)
             if problems:
                 invalid += 1
                 errors.extend(
@@ -326,12 +345,8 @@ def create_app(
 
         ingested_at = format_timestamp(now_us)
         valid: list[dict[str, Any]] = records
-        out: list[tuple[str, bytes]] = []
-        for record in valid:
-            event = pseudonymise_event(record, key, key_id)
-            event["ingested_at"] = ingested_at
-            value = json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-            out.append((str(record["incident_id"]), value))
+        prepared = [submission.pseudonymise(r, ingested_at=ingested_at) for r in valid]
+        out: list[tuple[str, bytes]] = [(item.key, item.value) for item in prepared]
 
         started = time.perf_counter()
         try:
@@ -353,6 +368,7 @@ def create_app(
             )
         metrics.publish_seconds.observe(time.perf_counter() - started)
         metrics.accepted.inc(len(out))
+        _count_warnings(metrics, "http", prepared)
         log.info("accepted %d records: %s", len(out), _event_ids(valid), extra=ids_of(valid))
         return JSONResponse(
             status_code=202,

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
+from asvat.domain.policy import default_policy
 from asvat.embedded.broker import (
     BrokerUnreachableError,
     PortInUseError,
@@ -16,9 +17,12 @@ from asvat.embedded.broker import (
 )
 from asvat.keys import HmacKeyError
 from asvat.logs import configure_logging
-from asvat.settings import Settings
+from asvat.settings import TOPIC_DLQ, TOPIC_INCIDENTS, TOPIC_RAW, Settings
 from services.ingest.app import create_app
-from services.ingest.publisher import KafkaPublisher
+from services.ingest.dead_letters import Delivery
+from services.ingest.event_log import EventLog
+from services.ingest.publisher import DurablePublisher, KafkaPublisher, Republisher
+from services.ingest.sources.raw_topic import RawTopicSource
 
 if TYPE_CHECKING:
     from asvat.domain.policy import Policy
@@ -34,11 +38,13 @@ def run(settings: Settings, policy: Policy | None = None) -> int:
     configure_logging(settings, "ingest")
     try:
         ensure_port_free(settings.ingest_host, settings.ingest_port, "ingest HTTP")
-        publisher = KafkaPublisher(
+        event_log = EventLog(settings.resolved_event_log_url)
+        kafka = KafkaPublisher(
             settings.bootstrap,
             partitions=settings.topic_partitions,
             timeout=settings.publish_timeout_seconds,
         )
+        publisher = DurablePublisher(kafka, event_log)
         app = create_app(settings, publisher, policy)
     except (PortInUseError, HmacKeyError, ValueError) as exc:
         print(f"asvat ingest: {exc}", file=sys.stderr)
@@ -47,6 +53,19 @@ def run(settings: Settings, policy: Policy | None = None) -> int:
         ping_broker(settings.bootstrap, timeout=2.0)
     except BrokerUnreachableError as exc:
         log.warning("%s; /readyz answers 503 and POSTs 503 until it does", exc)
+    retention = (policy or default_policy()).retention
+    republisher = Republisher(
+        settings.bootstrap,
+        event_log,
+        kafka,
+        partitions=settings.topic_partitions,
+        retention_s=retention.incidents / 1_000_000,
+        purge_every_s=retention.every / 1_000_000,
+    )
+    republisher.start()
+    raw = _raw_source(settings, app, event_log) if settings.ingest_raw_consumer else None
+    if raw is not None:
+        raw.start()
     try:
         uvicorn.run(
             app,
@@ -57,5 +76,47 @@ def run(settings: Settings, policy: Policy | None = None) -> int:
             access_log=False,
         )
     finally:
+        if raw is not None:
+            raw.stop()
+            raw.delivery.incidents.close()
+            raw.delivery.dlq.close()
+        republisher.stop()
         publisher.close()
+        event_log.close()
     return 0
+
+
+def _raw_source(settings: Settings, app: Any, event_log: EventLog) -> RawTopicSource:
+    """The reader of ``asvat.raw.v1``, sharing the app's validation path and metrics."""
+    metrics = app.state.metrics
+
+    def dead_letter(source: str, reason: str) -> None:
+        metrics.dead_letters.labels(source=source, reason=reason).inc()
+        metrics.raw_records.labels(outcome="dead_letter").inc()
+
+    def warning(source: str, check: str) -> None:
+        metrics.location_warnings.labels(source=source, check=check).inc()
+
+    def publisher(topic: str) -> KafkaPublisher:
+        return KafkaPublisher(
+            settings.bootstrap,
+            topic=topic,
+            partitions=settings.topic_partitions,
+            timeout=settings.publish_timeout_seconds,
+        )
+
+    delivery = Delivery(
+        DurablePublisher(publisher(TOPIC_INCIDENTS), event_log),
+        publisher(TOPIC_DLQ),
+        on_dead_letter=dead_letter,
+        on_warning=warning,
+        on_published=lambda source, n: metrics.raw_records.labels(outcome="published").inc(n),
+    )
+    return RawTopicSource(
+        settings.bootstrap,
+        topic=TOPIC_RAW,
+        group_id=settings.ingest_raw_consumer_group,
+        submission=app.state.submission,
+        delivery=delivery,
+        partitions=settings.topic_partitions,
+    )
