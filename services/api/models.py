@@ -12,6 +12,8 @@
 * ``area_counts`` — incident and escalation counts per area and period, kept up to date by
   the consumer so that area statistics are a range read, not a scan;
 * ``reviews`` — the supervisory review schedule of each open escalation;
+* ``plans`` — problem-solving plans (SARA), one per escalation, with their supervision and
+  outcome;
 * ``data_versions`` — a counter per derived table, for caching answers made from it.
 
 Tables keep the full message as ``payload`` (what the API serves back) next to the columns
@@ -291,6 +293,54 @@ class Review(Base):
     note: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (Index("ix_reviews_due", "due_at"),)
+
+
+class Plan(Base):
+    """A problem-solving plan (SARA) for a repeat location or victim: one per escalation.
+
+    Its status moves ``draft → submitted → signed_off → closed`` (:mod:`asvat.domain.plans`);
+    every change is in the audit trail (``audit_log``, actions ``plan.*``)."""
+
+    __tablename__ = "plans"
+
+    plan_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    escalation_id: Mapped[str] = mapped_column(String(64), unique=True)
+    subject_type: Mapped[str] = mapped_column(String(16))
+    subject_key: Mapped[str] = mapped_column(String)
+    rule_id: Mapped[str | None] = mapped_column(String)
+    radius_m: Mapped[int] = mapped_column(Integer, server_default="0")
+    status: Mapped[str] = mapped_column(String(16), server_default="draft")
+    district_code: Mapped[str] = mapped_column(String(32), server_default=UNASSIGNED)
+    ward_code: Mapped[str] = mapped_column(String(32), server_default=UNASSIGNED)
+    # S, A, R, A
+    scanning: Mapped[dict[str, Any]]
+    problem_statement: Mapped[str | None] = mapped_column(Text)
+    analysis: Mapped[str | None] = mapped_column(Text)
+    responses: Mapped[list[dict[str, Any]]]
+    success_measure: Mapped[str | None] = mapped_column(Text)
+    evaluation_due: Mapped[str | None] = mapped_column(String(10))  # an ISO date
+    # Handling
+    opened_at: Mapped[datetime]
+    opened_by: Mapped[str] = mapped_column(String(200))
+    updated_at: Mapped[datetime]
+    submitted_at: Mapped[datetime | None]
+    submitted_by: Mapped[str | None] = mapped_column(String(200))
+    signed_off_at: Mapped[datetime | None]
+    signed_off_by: Mapped[str | None] = mapped_column(String(200))
+    review_due_at: Mapped[datetime | None]
+    closed_at: Mapped[datetime | None]
+    closed_by: Mapped[str | None] = mapped_column(String(200))
+    outcome: Mapped[str | None] = mapped_column(String(16))
+    evaluation: Mapped[str | None] = mapped_column(Text)
+    incidents_before: Mapped[int | None] = mapped_column(Integer)
+    incidents_after: Mapped[int | None] = mapped_column(Integer)
+    before_after: Mapped[dict[str, Any] | None] = mapped_column(JsonType)
+
+    __table_args__ = (
+        Index("ix_plans_status_opened", "status", "opened_at", "plan_id"),
+        Index("ix_plans_district_opened", "district_code", "opened_at"),
+        Index("ix_plans_opened", "opened_at", "plan_id"),
+    )
 
 
 metadata = Base.metadata

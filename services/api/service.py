@@ -349,6 +349,7 @@ def record_escalations(
         places = {incident: key for incident, key in session.execute(query).all()}
     new = 0
     appended: list[tuple[Escalation, EscalationEvent]] = []
+    to_plan: list[Escalation] = []  # location escalations: a draft problem-solving plan each
     for message in parsed:
         if message["event_key"] in seen:
             continue
@@ -362,6 +363,8 @@ def record_escalations(
             session.add(row)
             deltas.add_escalation(row.raised_at, row.district_code, row.ward_code, +1)
             kind = "raised"
+            if row.subject_type == "location":
+                to_plan.append(row)
         else:
             kind = _apply_change(row, message)
         _schedule_reviews(session, row, message["payload"])
@@ -371,6 +374,11 @@ def record_escalations(
         appended.append((row, event))
         new += 1
     _number_events(session, appended)
+    if to_plan:
+        from services.api import plans  # plans reads this module: imported when needed
+
+        for row in to_plan:
+            plans.open_for_escalation(session, row)
     deltas.write(session)
     return new
 

@@ -21,6 +21,10 @@ from typing import Any
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
+# Every assertion waits on a real API behind a real browser on a shared 2-core machine:
+# 5 s (Playwright's default) proved short under load; a wrong page still fails, later.
+expect.set_options(timeout=20_000)
+
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -177,3 +181,64 @@ def test_an_alert_arrives_live_and_is_acknowledged(system: dict[str, Any], page:
 
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+
+
+def api_call(system: dict[str, Any], path: str, body: dict[str, Any] | None = None) -> Any:
+    request = urllib.request.Request(
+        f"{system['api']}{path}",
+        data=None if body is None else json.dumps(body).encode(),
+        method="GET" if body is None else "POST",
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {system['token']}"},
+    )
+    with urllib.request.urlopen(request, timeout=15) as response:
+        return json.loads(response.read())
+
+
+def test_a_plan_is_written_submitted_signed_off_and_closed(
+    system: dict[str, Any], page: Page
+) -> None:
+    """A victim's escalation gets a problem-solving plan; the plan page refuses to submit it
+    until it is complete, then a supervisor signs it off and closes it with an outcome; the
+    scrutiny page shows its charts."""
+    for n, day in enumerate((4, 11, 18), start=10):  # a repeat victim (if not there already)
+        post_incident(system, n, day)
+    deadline = time.monotonic() + 60
+    while not (found := api_call(system, "/v1/escalations?subject_type=victim")["items"]):
+        assert time.monotonic() < deadline, "no victim escalation arrived"
+        time.sleep(0.5)
+    plan = api_call(system, "/v1/plans", {"escalation_id": found[0]["escalation_id"]})
+
+    page.goto(f"{system['api']}/dashboard/plans.html?plan={plan['plan_id']}")
+    page.get_by_label("Token").fill(system["token"])
+    page.keyboard.press("Enter")
+    expect(page.locator("#plan-title")).to_contain_text("Plan for the victim")
+    expect(page.locator("#scan-incidents tr").first).to_be_visible()
+    expect(page.locator("#scan-map svg")).to_be_attached()
+    page.get_by_role("button", name="Submit for supervision").click()
+    expect(page.locator("#plan-error")).to_contain_text("problem_statement")
+
+    page.get_by_label("Problem statement").fill("Youths bang on one resident's windows nightly.")
+    page.get_by_label("Analysis (why it happens)").fill("Gathering spot under a broken light.")
+    page.get_by_label("Action").fill("Repair the street light")
+    page.get_by_label("Owner").fill("Council lighting team")
+    page.get_by_label("Due date").fill("2026-12-01")
+    page.get_by_label("Success measure (assessment)").fill("No calls for four weeks.")
+    page.get_by_role("button", name="Submit for supervision").click()
+    expect(page.locator("#plan-state")).to_contain_text("Status: submitted")
+    page.get_by_role("button", name="Sign off").click()
+    expect(page.locator("#plan-state")).to_contain_text("Status: signed off")
+    page.get_by_role("button", name="Close the plan").click()
+    expect(page.locator("#plan-error")).to_contain_text("outcome")
+    page.get_by_label("Outcome", exact=True).select_option("reduced")
+    page.get_by_label("Evaluation").fill("Light repaired; calls stopped.")
+    page.get_by_role("button", name="Close the plan").click()
+    expect(page.locator("#plan-state")).to_contain_text("Status: closed")
+    expect(page.locator("#before-after")).to_contain_text("Outcome reduced")
+    expect(page.locator("#plan-audit")).to_contain_text("plan.close")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "plan.png"), full_page=True)
+
+    page.goto(f"{system['api']}/dashboard/scrutiny.html")
+    charts = page.frame_locator("#charts")
+    expect(charts.locator("svg")).to_have_count(8, timeout=30_000)
+    expect(charts.locator("h1")).to_contain_text("ASB scrutiny")

@@ -27,6 +27,7 @@ SAMPLE = {
     "location_key": "uprn:1",
     "level": "district",
     "token_id": "x",
+    "plan_id": "a" * 64,
 }
 
 
