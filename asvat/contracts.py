@@ -11,19 +11,23 @@ they never repeat a caller's personal data.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Mapping
+import math
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 import jsonschema_rs
+import orjson
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, best_match
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 from asvat.domain.identity import IdentityError, normalise_phone
+from asvat.domain.incident import IncidentEvent
+from asvat.domain.location import Place, places_from_wire
 from asvat.domain.timeutil import (
     MICROS_PER_SECOND,
     TimestampError,
@@ -342,3 +346,74 @@ def validate_incident(obj: Any, *, now_us: int, future_skew_us: int) -> list[Fie
             except IdentityError as exc:
                 extra.append(FieldError(exc.field, exc.reason))
     return _sorted_unique([*errors, *extra])
+
+
+# --------------------------------------------------------------------------- decoding
+
+#: Placeholders while a batch is decoded (compared by identity).
+_PENDING = LookupError("not decoded yet")
+_PLACE_FAILED = Place(math.nan, math.nan)
+
+
+def _loads(raw: bytes | str) -> Any:
+    """``json.loads``, by orjson (about 4 times faster) when it accepts the text. orjson
+    refuses a little that the standard library reads (NaN, integers beyond 64 bits); those
+    are read by ``json`` as before, so the result is always what ``json.loads`` gives."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return json.loads(raw)
+
+
+def decode_incident(raw: bytes | str) -> tuple[dict[str, Any], IncidentEvent]:
+    """One ``asvat.incidents.v1`` message: its JSON object and the event.
+
+    Raises ValueError, KeyError or TypeError for a message that is not a readable event.
+    """
+    data = _loads(raw)
+    if not isinstance(data, dict):
+        raise TypeError(f"expected a JSON object, got {_json_type(data)}")
+    return data, IncidentEvent.from_wire(data)
+
+
+def decode_incidents(
+    raws: Sequence[bytes | str],
+) -> list[tuple[dict[str, Any], IncidentEvent] | Exception]:
+    """:func:`decode_incident` of each message of a batch, in order, with WGS84 points
+    converted to the grid in one call (``places_from_wire``): the same events, faster.
+
+    A message that cannot be read gives its exception (ValueError, KeyError or TypeError,
+    as :func:`decode_incident` raises) in its place; the others are unaffected.
+    """
+    results: list[tuple[dict[str, Any], IncidentEvent] | Exception] = []
+    objects: list[tuple[int, dict[str, Any]]] = []
+    for raw in raws:
+        try:
+            data = _loads(raw)
+            if not isinstance(data, dict):
+                raise TypeError(f"expected a JSON object, got {_json_type(data)}")
+        except (ValueError, TypeError) as exc:
+            results.append(exc)
+            continue
+        objects.append((len(results), data))
+        results.append(_PENDING)
+    locations = []
+    for _, data in objects:
+        location = data.get("location")
+        locations.append(location if isinstance(location, dict) else None)
+    try:
+        places = places_from_wire(locations)
+    except (ValueError, KeyError, TypeError):
+        # One bad location: make each place alone, so that only its event fails.
+        places = [_PLACE_FAILED] * len(objects)
+    for (index, data), place in zip(objects, places, strict=True):
+        try:
+            if place is _PLACE_FAILED:
+                event = IncidentEvent.from_wire(data)
+            else:
+                event = IncidentEvent.from_wire_with_place(data, place)
+        except (ValueError, KeyError, TypeError) as exc:
+            results[index] = exc
+            continue
+        results[index] = (data, event)
+    return results

@@ -24,8 +24,10 @@ output every run; the live worker passes the wall clock.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from asvat.domain.assessment import Assessment, NotApplied
 from asvat.domain.case_review import (
@@ -34,7 +36,7 @@ from asvat.domain.case_review import (
     Complaint,
     evaluate_case_review,
 )
-from asvat.domain.engine import DetectionEngine
+from asvat.domain.engine import DetectionEngine, location_key
 from asvat.domain.escalation_lifecycle import (
     EscalationEvent,
     EscalationLifecycle,
@@ -42,9 +44,78 @@ from asvat.domain.escalation_lifecycle import (
     escalation_subjects,
 )
 from asvat.domain.incident import IncidentEvent
-from asvat.domain.integrity import IntegrityFinding, IntegrityFlag, check_integrity
-from asvat.domain.policy import Policy, PolicyError
-from asvat.domain.risk import RiskAssessment, score_assessment
+from asvat.domain.integrity import IntegrityFinding, IntegrityFlag, check_integrity, is_checked
+from asvat.domain.policy import (
+    ESCALATION_LEVELS,
+    CodeClass,
+    Policy,
+    PolicyError,
+    phrase_pattern,
+)
+from asvat.domain.risk import NO_RISK, RiskAssessment, score_assessment
+
+#: At most this many (code, vulnerability) risks are remembered (see ``Detector._risk``).
+_RISK_MEMO_SIZE = 4096
+
+
+_ASCII_WORD = re.compile(r"\w+", re.ASCII)
+#: At most this many phrase subsets are remembered (see ``_PhraseFilter``).
+_PHRASE_SUBSETS = 1024
+
+
+class _PhraseFilter:
+    r"""Which integrity phrases a description can match, found without searching each one.
+
+    A phrase's pattern (``policy.phrase_pattern``: its words, whole, any case, any spacing)
+    can only match an ASCII description when each of its words, lower-cased, is a whole
+    word (maximal run of ``\w``) of the lower-cased description. So the phrases are indexed
+    by their first word, the description's words are looked up, and only the phrases found
+    (and any phrase this cannot reason about: other patterns, non-ASCII or non-``\w``
+    words) are searched, by their own patterns, in policy order, through a copy of the
+    policy that lists just those. A non-ASCII description is searched with every phrase.
+    The flags are exactly those of the full search; profiling showed the per-phrase regular
+    expressions to be the largest single cost of the detector.
+    """
+
+    def __init__(self, policy: Policy) -> None:
+        self._policy = policy
+        phrases = policy.integrity.phrases
+        self._by_first_word: dict[str, list[int]] = {}
+        self._always: list[int] = []
+        for index, phrase in enumerate(phrases):
+            words = phrase.phrase.split()
+            standard = phrase_pattern(phrase.phrase)
+            if (
+                words
+                and phrase.pattern.pattern == standard.pattern
+                and phrase.pattern.flags == standard.flags
+                and all(_ASCII_WORD.fullmatch(word) for word in words)
+            ):
+                self._by_first_word.setdefault(words[0].lower(), []).append(index)
+            else:
+                self._always.append(index)
+        self._subsets: dict[tuple[int, ...], Policy] = {}
+
+    def policy_for(self, description: str | None) -> Policy:
+        """A policy that gives the same integrity flags for ``description`` as the full one."""
+        if not description or not description.isascii():
+            return self._policy
+        by_first_word = self._by_first_word
+        found = set(self._always)
+        for word in set(_ASCII_WORD.findall(description.lower())):
+            indexes = by_first_word.get(word)
+            if indexes is not None:
+                found.update(indexes)
+        key = tuple(sorted(found))
+        subset = self._subsets.get(key)
+        if subset is None:
+            if len(self._subsets) >= _PHRASE_SUBSETS:
+                self._subsets.clear()
+            integrity = self._policy.integrity
+            kept = tuple(integrity.phrases[index] for index in key)
+            subset = replace(self._policy, integrity=replace(integrity, phrases=kept))
+            self._subsets[key] = subset
+        return subset
 
 
 def _check_case_review_fits_rules(policy: Policy) -> None:
@@ -99,9 +170,23 @@ class Detector:
         self.lifecycle = EscalationLifecycle(policy.tasking)
         self.case_reviews = CaseReviewTracker(policy.case_review)
         self._findings: dict[str, str] = {}  # incident_id -> finding_id last issued
+        # Performance only (each gives exactly what the plain path gives):
+        # a description is searched only for the phrases it can match (see _PhraseFilter);
+        self._phrases = _PhraseFilter(policy)
+        # the risk of an in-scope incident that meets no rule depends only on its code and
+        # vulnerability factors, so it is computed once per pair (with its reasons' content);
+        self._plain_risk: dict[
+            tuple[str, frozenset[str]], tuple[RiskAssessment, tuple[Mapping[str, Any], ...]]
+        ] = {}
+        self._location_rule_ids = tuple(rule.id for rule in policy.location_rules)
+        self._case_review_by_victim = policy.case_review.count_by == "victim"
         self._forget = forget
         # subject_key -> case-review events issued for it (re-published by snapshots)
         self._case_reviews_issued: dict[str, list[CaseReviewThresholdMet]] = {}
+        # Closes by a person (escalation_id -> (subject_type, subject_key, at)) read before
+        # the escalation they close was raised here, and the ids closed (see ``close``).
+        self._pending_closes: dict[str, tuple[str, str, int]] = {}
+        self._closed_ids: set[str] = set()
 
     @property
     def retained_incidents(self) -> int:
@@ -140,6 +225,75 @@ class Detector:
         """Reviews of open escalations coming due or overdue at ``now`` (each once), of the
         subjects ``owns`` accepts (default: all)."""
         return self.lifecycle.reviews_due(now, owns)
+
+    def close(
+        self, escalation_id: str, subject_type: str, subject_key: str, *, at: int
+    ) -> DetectorOutcome:
+        """A person closed escalation ``escalation_id`` of the subject at ``at`` (µs).
+
+        The subject's incidents that occurred after ``at`` are then observed again, so one of
+        them can raise the subject's next episode, as it would have had it arrived after the
+        close. A close read before the escalation it closes was raised here (a worker
+        rebuilding in another order) waits and is applied when it is raised. So the result
+        does not depend on the order events and closes are read in. Returns the escalations
+        raised by observing the later incidents.
+        """
+        outcome = DetectorOutcome()
+        if escalation_id in self._closed_ids:
+            return outcome
+        current = self.lifecycle.current(subject_type, subject_key)
+        if current is None or current.escalation_id != escalation_id:
+            self._pending_closes[escalation_id] = (subject_type, subject_key, at)
+            return outcome
+        self._apply_close(escalation_id, subject_type, subject_key, at, outcome)
+        return outcome
+
+    def _apply_close(
+        self,
+        escalation_id: str,
+        subject_type: str,
+        subject_key: str,
+        at: int,
+        outcome: DetectorOutcome,
+    ) -> None:
+        self.lifecycle.close(subject_type, subject_key, at=at)
+        self._closed_ids.add(escalation_id)
+        self._pending_closes.pop(escalation_id, None)
+        later = sorted(
+            (
+                event
+                for event in self.engine.current_events()
+                if event.occurred_at > at and _is_subject_of(event, subject_type, subject_key)
+            ),
+            key=lambda event: (event.occurred_at, event.incident_id),
+        )
+        subject = (subject_type, subject_key)
+        for event in later:
+            assessment = self.engine.assessment(event.incident_id)
+            if assessment is None or not assessment.in_scope:
+                continue
+            enriched = self._enrich(assessment)
+            if enriched.risk.level not in ESCALATION_LEVELS:
+                continue
+            if subject not in escalation_subjects(self.policy, enriched.assessment):
+                continue
+            raised = self.lifecycle.observe(
+                subject_type,
+                subject_key,
+                enriched.risk,
+                incident_id=assessment.incident_id,
+                occurred_at=assessment.occurred_at,
+                at=max(at, event.reported_at),
+            )
+            outcome.escalations.extend(raised)
+            self._close_if_pending(raised, outcome)
+
+    def _close_if_pending(self, raised: list[EscalationEvent], outcome: DetectorOutcome) -> None:
+        for event in raised:
+            pending = self._pending_closes.get(event.escalation_id)
+            if pending is not None and event.event == "raised":
+                subject_type, subject_key, at = pending
+                self._apply_close(event.escalation_id, subject_type, subject_key, at, outcome)
 
     def snapshot(
         self, owns_incident: Callable[[str], bool], owns_subject: Callable[[str], bool]
@@ -193,58 +347,98 @@ class Detector:
         event = self.engine.current_event(assessment.incident_id)
         assert event is not None, "the engine issued an assessment for an unknown incident"
         policy = self.policy
-        code_class = policy.classify(event.code)
+        opening = policy.classify(event.opening_code)
+        closing = policy.classify(event.closing_code) if event.closing_code else None
+        code_class = closing if event.closing_code else opening  # policy.classify(event.code)
         assert code_class is not None  # the engine refuses unknown codes
-        risk = score_assessment(
-            policy, assessment, code_class=code_class, vulnerability=event.vulnerability
-        )
-        flags = check_integrity(
-            event,
-            policy.classify(event.closing_code) if event.closing_code else None,
-            policy.classify(event.opening_code),
-            policy,
-        )
+        risk, reasons = self._risk(assessment, code_class, event)
+        flags: tuple[IntegrityFlag, ...] = ()
+        if is_checked(event, closing, policy):
+            checked_with = self._phrases.policy_for(event.description)
+            flags = check_integrity(event, closing, opening, checked_with)
         met = False
         raised: CaseReviewThresholdMet | None = None
         subject = self._case_review_subject(assessment)
         if assessment.in_scope and subject is not None:
-            complaints = self._complaints(event)
-            if observe:
-                result, raised = self.case_reviews.observe(
-                    subject, complaints, incident_id=assessment.incident_id,
-                    at=assessment.occurred_at,
-                )
-            else:
-                result = evaluate_case_review(
-                    self.policy.case_review, complaints, at=assessment.occurred_at
-                )
-            met = result.met
-        enriched = replace(
-            assessment,
-            risk_level=risk.level,
-            risk_score=risk.score,
-            reasons=tuple(reason.content() for reason in risk.reasons),
-            case_review_threshold_met=met,
-            integrity_flags=tuple(flag.content() for flag in flags),
+            found = self._case_review_incidents(event)
+            # Fewer incidents than the threshold cannot meet it (each counts at most once),
+            # and then neither the tracker nor the result needs the complaints.
+            if len(found) >= policy.case_review.complaints:
+                complaints = self._complaints(found)
+                if observe:
+                    result, raised = self.case_reviews.observe(
+                        subject, complaints, incident_id=assessment.incident_id,
+                        at=assessment.occurred_at,
+                    )
+                else:
+                    result = evaluate_case_review(
+                        self.policy.case_review, complaints, at=assessment.occurred_at
+                    )
+                met = result.met
+        a = assessment
+        # Positional: Assessment's fields in order (``dataclasses.replace`` costs more).
+        enriched = Assessment(
+            a.incident_id,
+            a.in_scope,
+            a.classification,
+            a.asb_category,
+            a.occurred_at,
+            a.victim_key,
+            a.location_key,
+            a.rules_met,
+            a.rule_counts,
+            a.contributing,
+            risk.level,
+            risk.score,
+            reasons,
+            met,
+            tuple(flag.content() for flag in flags) if flags else (),
         )
         return _Enriched(enriched, event, risk, flags, raised)
+
+    def _risk(
+        self, assessment: Assessment, code_class: CodeClass, event: IncidentEvent
+    ) -> tuple[RiskAssessment, tuple[Mapping[str, Any], ...]]:
+        """The risk of the incident and its reasons' content."""
+        if not assessment.in_scope:
+            return NO_RISK, ()
+        if assessment.contributing:
+            risk = score_assessment(
+                self.policy, assessment, code_class=code_class, vulnerability=event.vulnerability
+            )
+            return risk, tuple(reason.content() for reason in risk.reasons)
+        key = (event.code, event.vulnerability)
+        known = self._plain_risk.get(key)
+        if known is None:
+            risk = score_assessment(
+                self.policy, assessment, code_class=code_class, vulnerability=event.vulnerability
+            )
+            known = (risk, tuple(reason.content() for reason in risk.reasons))
+            if len(self._plain_risk) >= _RISK_MEMO_SIZE:
+                self._plain_risk.clear()
+            self._plain_risk[key] = known
+        return known
 
     def _case_review_subject(self, assessment: Assessment) -> str | None:
         if self.policy.case_review.count_by == "victim":
             return assessment.victim_key
         return assessment.location_key
 
-    def _complaints(self, event: IncidentEvent) -> list[Complaint]:
+    def _case_review_incidents(self, event: IncidentEvent) -> list[IncidentEvent]:
+        """The subject's active incidents in the case review's window ending at ``event``."""
         config = self.policy.case_review
         start, end = event.occurred_at - config.window, event.occurred_at
         if config.count_by == "victim":
             if event.victim_key is None:
                 return []
-            found = self.engine.victim_incidents(event.victim_key, start, end)
-        else:
-            if event.place is None:
-                return []
-            found = self.engine.incidents_near(event.place, config.radius_m, start, end)
+            return self.engine.victim_incidents(
+                event.victim_key, start, end, event.victim_key_aliases
+            )
+        if event.place is None:
+            return []
+        return self.engine.incidents_near(event.place, config.radius_m, start, end)
+
+    def _complaints(self, found: list[IncidentEvent]) -> list[Complaint]:
         complaints = []
         for other in found:
             cls = self.policy.classify(other.code)
@@ -262,19 +456,26 @@ class Detector:
             if self._findings.get(assessment.incident_id) != finding.finding_id:
                 self._findings[assessment.incident_id] = finding.finding_id
                 outcome.integrity.append(finding)
-        if not assessment.in_scope:
-            return
+        if not assessment.in_scope or enriched.risk.level not in ESCALATION_LEVELS:
+            return  # the lifecycle raises nothing below medium
         for subject_type, subject_key in escalation_subjects(self.policy, assessment):
-            outcome.escalations.extend(
-                self.lifecycle.observe(
-                    subject_type,
-                    subject_key,
-                    enriched.risk,
-                    incident_id=assessment.incident_id,
-                    occurred_at=assessment.occurred_at,
-                    at=at,
-                )
+            raised = self.lifecycle.observe(
+                subject_type,
+                subject_key,
+                enriched.risk,
+                incident_id=assessment.incident_id,
+                occurred_at=assessment.occurred_at,
+                at=at,
             )
+            outcome.escalations.extend(raised)
+            if raised and self._pending_closes:
+                self._close_if_pending(raised, outcome)
+
+
+def _is_subject_of(event: IncidentEvent, subject_type: str, subject_key: str) -> bool:
+    if subject_type == "victim":
+        return event.victim_key == subject_key or subject_key in event.victim_key_aliases
+    return location_key(event.place) == subject_key
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,7 +4,9 @@ State is the current record of every retained incident plus three indexes over t
 incidents that are *active* (in scope and not cancelled), each a timeline sorted by
 occurrence time:
 
-* per victim (``victim_key``) — for victim rules;
+* per victim (``victim_key``) — for victim rules; during an HMAC key rotation an incident
+  is also listed under each of its ``victim_key_aliases``, and incidents that share any
+  key are one victim's (a window is the union of its keys' timelines);
 * per grid cell of side ``2 × largest radius`` — for radius location rules; a disc of
   that radius touches at most 2 × 2 cells, so a look-up reads at most four timelines;
 * per UPRN — for "same address" location matches.
@@ -41,6 +43,7 @@ from math import floor
 from operator import attrgetter
 
 from asvat.domain.assessment import Assessment, Escalation, NotApplied
+from asvat.domain.identity import victim_keys
 from asvat.domain.incident import IncidentEvent
 from asvat.domain.location import Place
 from asvat.domain.policy import CodeClass, Policy, Rule
@@ -167,6 +170,10 @@ class DetectionEngine:
             )
             for n, r in enumerate(policy.rules)
         )
+        # The plans as plain tuples, which ``_evaluate`` unpacks faster than it reads fields.
+        self._plan_rows = tuple(
+            (p.id, p.victim, p.window, p.threshold, p.mask, p.filtered, p.r2) for p in self._plans
+        )
         # Rules without max_report_delay count every incident: their bits are always set.
         self._always_eligible = sum(
             1 << n for n, r in enumerate(policy.rules) if r.max_report_delay is None
@@ -201,6 +208,8 @@ class DetectionEngine:
         self._pruned_before_day: int | None = None
         # The watermark from which _prune has a day to forget (None: not known yet).
         self._prune_from: int | None = None
+        # Ids of incidents forgotten since take_forgotten() last ran (None: not tracked).
+        self._forgotten: list[str] | None = None
 
     # -- public API -----------------------------------------------------------------------
 
@@ -268,21 +277,29 @@ class DetectionEngine:
         # The changed incident's own assessment is always re-issued (new.fingerprint is 0):
         # fields outside the windows (vulnerability, codes, description) feed its risk and
         # integrity checks, which the detector adds to it.
-        if old is not None and old.active:
+        old_active = old is not None and old.active
+        if old is not None and old_active:
             self._unindex(old)
         new_cells = None
         if active:
             self._index(new)
             new_cells = self._cells_near(new.place)
 
-        # Keyed by record (one current record per incident), in the order first reached.
-        affected: dict[_Record, None] = {new: None}
-        if old is not None and old.active:
-            self._collect_affected(old, self._cells_near(old.place), affected)
-        if new_cells is not None and not self._is_newest(new, new_cells):
-            self._collect_affected(new, new_cells, affected)
-        for record in affected:
-            self._reassess(record, new_cells if record is new else None, outcome)
+        if not old_active and (new_cells is None or self._is_newest(new, new_cells)):
+            # The usual case: no other incident's window holds the old or the new record.
+            self._reassess(new, new_cells, outcome)
+        else:
+            # Keyed by record (one current record per incident), in the order first reached.
+            affected: dict[_Record, None] = {new: None}
+            if old is not None and old_active:
+                self._collect_affected(old, self._cells_near(old.place), affected)
+                if new_cells is not None and not self._is_newest(new, new_cells):
+                    self._collect_affected(new, new_cells, affected)
+            else:  # not the newest (tested above)
+                assert new_cells is not None
+                self._collect_affected(new, new_cells, affected)
+            for record in affected:
+                self._reassess(record, new_cells if record is new else None, outcome)
 
         if watermark is None or t > watermark:
             self._watermark = t
@@ -323,9 +340,35 @@ class DetectionEngine:
         record = self._records.get(incident_id)
         return None if record is None else record.event
 
-    def victim_incidents(self, victim_key: str, start: int, end: int) -> list[IncidentEvent]:
-        """Active incidents of a victim with occurrence time in ``(start, end]``."""
-        victim = self._victims.get(victim_key, [])
+    def track_forgotten(self) -> None:
+        """From now on, remember the ids of the incidents pruned, for :meth:`take_forgotten`.
+
+        The live worker calls it before restoring, so that it can delete the stored
+        records of incidents the engine forgets (its table would otherwise keep them)."""
+        if self._forgotten is None:
+            self._forgotten = []
+
+    def take_forgotten(self) -> list[str]:
+        """Ids of the incidents forgotten since the last call (each once), leaving out any
+        that a later event has started afresh; ``[]`` unless :meth:`track_forgotten` ran."""
+        forgotten = self._forgotten
+        if not forgotten:
+            return []
+        self._forgotten = []
+        records = self._records
+        return [
+            incident_id for incident_id in dict.fromkeys(forgotten) if incident_id not in records
+        ]
+
+    def victim_incidents(
+        self, victim_key: str, start: int, end: int, aliases: tuple[str, ...] = ()
+    ) -> list[IncidentEvent]:
+        """Active incidents of a victim with occurrence time in ``(start, end]``; with
+        ``aliases`` (its keys under previous HMAC keys), those sharing any of its keys."""
+        if aliases:
+            victim = self._merged_victim(victim_key, aliases) or []
+        else:
+            victim = self._victims.get(victim_key, [])
         first = bisect_right(victim, start, key=_victim_time)
         last = bisect_right(victim, end, key=_victim_time)
         return [record.event for record in victim[first:last]]
@@ -361,11 +404,20 @@ class DetectionEngine:
         size = self._cell
         radius = self._max_radius
         x, y = place.easting, place.northing
+        x0 = floor((x - radius) / size)
+        x1 = floor((x + radius) / size)
         y0 = floor((y - radius) / size)
         y1 = floor((y + radius) / size)
         cells = self._cells
+        if x1 == x0 + 1 and y1 == y0 + 1:  # the usual 2 × 2 cells (size is twice the radius)
+            get = cells.get
+            return [
+                timeline
+                for timeline in (get((x0, y0)), get((x0, y1)), get((x1, y0)), get((x1, y1)))
+                if timeline is not None
+            ]
         found = []
-        for cx in range(floor((x - radius) / size), floor((x + radius) / size) + 1):
+        for cx in range(x0, x1 + 1):
             for cy in range(y0, y1 + 1):
                 timeline = cells.get((cx, cy))
                 if timeline is not None:
@@ -380,6 +432,10 @@ class DetectionEngine:
                 self._victims[victim_key] = [record]
             else:
                 insort_right(victim, record, key=_victim_time)
+            if record.event.victim_key_aliases:
+                for alias in victim_keys(victim_key, record.event.victim_key_aliases)[1:]:
+                    aliased = self._victims.setdefault(alias, [])
+                    insort_right(aliased, record, key=_victim_time)
         place = record.place
         if place is not None and self._by_place:
             cell = place.cell(self._cell)
@@ -396,13 +452,19 @@ class DetectionEngine:
     def _unindex(self, record: _Record) -> None:
         victim_key = record.event.victim_key
         if victim_key is not None and self._by_victim:
-            victim = self._victims[victim_key]
-            index = bisect_left(victim, record.event.occurred_at, key=_victim_time)
-            while victim[index] is not record:
-                index += 1
-            del victim[index]
-            if not victim:
-                del self._victims[victim_key]
+            keys = (
+                victim_keys(victim_key, record.event.victim_key_aliases)
+                if record.event.victim_key_aliases
+                else (victim_key,)
+            )
+            for key in keys:
+                victim = self._victims[key]
+                index = bisect_left(victim, record.event.occurred_at, key=_victim_time)
+                while victim[index] is not record:
+                    index += 1
+                del victim[index]
+                if not victim:
+                    del self._victims[key]
         place = record.place
         if place is not None and self._by_place:
             cell = place.cell(self._cell)
@@ -427,6 +489,12 @@ class DetectionEngine:
             victim = self._victims[victim_key]
             if victim[-1] is not record or (len(victim) > 1 and victim[-2].event.occurred_at >= t):
                 return False
+            for alias in record.event.victim_key_aliases:
+                victim = self._victims.get(alias) or [record]
+                if victim[-1] is not record or (
+                    len(victim) > 1 and victim[-2].event.occurred_at >= t
+                ):
+                    return False
         for timeline in cells:
             if not timeline.ends_with(record, t):
                 return False
@@ -440,13 +508,16 @@ class DetectionEngine:
     ) -> None:
         """Add every active record whose window for some rule holds ``changed``."""
         t = changed.event.occurred_at
-        victim = None
+        victims: list[list[_Record]] = []
         if self._by_victim and changed.event.victim_key is not None:
-            victim = self._victims.get(changed.event.victim_key)
+            for key in victim_keys(changed.event.victim_key, changed.event.victim_key_aliases):
+                victim = self._victims.get(key)
+                if victim is not None:
+                    victims.append(victim)
         for plan in self._plans:
             end = t + plan.window
             if plan.victim:
-                if victim is not None:
+                for victim in victims:
                     # Records with t <= t_k < end: those whose window holds ``changed``.
                     first = bisect_left(victim, t, key=_victim_time)
                     last = bisect_left(victim, end, first, key=_victim_time)
@@ -455,6 +526,16 @@ class DetectionEngine:
             else:
                 for record in self._same_place(changed.place, cells, plan.r2, t, end, reach=True):
                     into[record] = None
+
+    def _merged_victim(self, victim_key: str, aliases: tuple[str, ...]) -> list[_Record] | None:
+        """The records that share any of the keys, once each, sorted by occurrence time."""
+        merged: dict[_Record, None] = {}
+        for key in victim_keys(victim_key, aliases):
+            for record in self._victims.get(key, ()):
+                merged[record] = None
+        if not merged:
+            return None
+        return sorted(merged, key=_victim_time)
 
     def _same_place(
         self,
@@ -515,32 +596,39 @@ class DetectionEngine:
         victim = None
         victim_end = 0
         if self._by_victim and record.event.victim_key is not None:
-            victim = self._victims.get(record.event.victim_key)
+            if record.event.victim_key_aliases:
+                victim = self._merged_victim(
+                    record.event.victim_key, record.event.victim_key_aliases
+                )
+            else:
+                victim = self._victims.get(record.event.victim_key)
             if victim is not None:
                 victim_end = bisect_right(victim, t, key=_victim_time)
         if cells is None:
             cells = self._cells_near(record.place)
-        for plan in self._plans:
-            start = t - plan.window
-            if plan.victim:
+        for rule_id, by_victim, window, threshold, mask, filtered, r2 in self._plan_rows:
+            start = t - window
+            if by_victim:
                 if victim is None:
                     continue
                 first = bisect_right(victim, start, 0, victim_end, key=_victim_time)
-                if not plan.filtered:  # count without building a list, unless it is met
-                    counts[plan.id] = victim_end - first
-                    if victim_end - first >= plan.threshold:
+                if not filtered:  # count without building a list, unless it is met
+                    counts[rule_id] = victim_end - first
+                    if victim_end - first >= threshold:
                         ids = [r.event.incident_id for r in victim[first:victim_end]]
-                        contributing[plan.id] = tuple(sorted(ids))
+                        ids.sort()
+                        contributing[rule_id] = tuple(ids)
                     continue
-                counted = victim[first:victim_end]
+                counted = [r for r in victim[first:victim_end] if r.eligible & mask]
             else:
-                counted = self._same_place(record.place, cells, plan.r2, start, t, reach=False)
-            if plan.filtered:
-                mask = plan.mask
-                counted = [r for r in counted if r.eligible & mask]
-            counts[plan.id] = len(counted)
-            if len(counted) >= plan.threshold:
-                contributing[plan.id] = tuple(sorted([r.event.incident_id for r in counted]))
+                counted = self._same_place(record.place, cells, r2, start, t, reach=False)
+                if filtered:
+                    counted = [r for r in counted if r.eligible & mask]
+            counts[rule_id] = len(counted)
+            if len(counted) >= threshold:
+                ids = [r.event.incident_id for r in counted]
+                ids.sort()
+                contributing[rule_id] = tuple(ids)
         return counts, contributing
 
     def _assess(self, record: _Record) -> Assessment:
@@ -555,17 +643,18 @@ class DetectionEngine:
     ) -> Assessment:
         cls = record.cls
         event = record.event
+        # Positional: the fields of Assessment in order (faster than keywords, per issue).
         return Assessment(
-            incident_id=event.incident_id,
-            in_scope=record.active,
-            classification="cancelled" if event.cancelled else cls.cls,
-            asb_category=cls.asb_category,
-            occurred_at=event.occurred_at,
-            victim_key=event.victim_key,
-            location_key=location_key(record.place),
-            rules_met=tuple(sorted(contributing)),
-            rule_counts=counts,
-            contributing=contributing,
+            event.incident_id,
+            record.active,
+            "cancelled" if event.event_type == "cancelled" else cls.cls,
+            cls.asb_category,
+            event.occurred_at,
+            event.victim_key,
+            location_key(record.place),
+            tuple(sorted(contributing)) if contributing else (),
+            counts,
+            contributing,
         )
 
     def _reassess(self, record: _Record, cells: list[_Timeline] | None, outcome: Outcome) -> None:
@@ -642,6 +731,8 @@ class DetectionEngine:
                     del records[incident_id]
                     if record.active:
                         self._unindex(record)
+                    if self._forgotten is not None:
+                        self._forgotten.append(incident_id)
         self._pruned_before_day = last_whole_day
         self._prune_from = (last_whole_day + 1) * DAY + self._retention
         self._forget_raised(horizon)

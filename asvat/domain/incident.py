@@ -29,6 +29,7 @@ VULNERABILITY_FACTORS: tuple[str, ...] = (
 #: retained event does not carry its own copy: an empty frozenset alone takes 216 bytes.
 _VULNERABILITY_SETS: dict[frozenset[str], frozenset[str]] = {}
 _KNOWN_FACTORS = frozenset(VULNERABILITY_FACTORS)
+_NO_FACTORS: frozenset[str] = _VULNERABILITY_SETS.setdefault(frozenset(), frozenset())
 
 
 def _vulnerability(raw: Any) -> frozenset[str]:
@@ -44,12 +45,22 @@ def _shared(text: Any) -> Any:
     return sys.intern(text) if type(text) is str else text
 
 
+def _aliases(raw: Any) -> tuple[str, ...]:
+    """The alias keys of ``victim_key_aliases`` (``{key id: key}``), in key-id order."""
+    if not isinstance(raw, Mapping) or not raw:
+        return ()
+    return tuple(sys.intern(str(raw[key_id])) for key_id in sorted(raw) if raw[key_id])
+
+
 @dataclass(frozen=True, slots=True)
 class IncidentEvent:
     """One message about one incident: a full snapshot of its current record.
 
     Times are epoch microseconds. ``victim_key`` is the pseudonymous victim identity (None
     for an anonymous report); raw caller identifiers never reach this type.
+    ``victim_key_aliases`` are the same identity under previous HMAC keys while a key
+    rotation is under way (empty otherwise): the engine treats incidents that share any
+    of these keys as one victim's (:func:`asvat.domain.identity.victim_keys`).
     """
 
     event_id: str
@@ -65,6 +76,7 @@ class IncidentEvent:
     place: Place | None
     vulnerability: frozenset[str] = frozenset()
     description: str | None = None
+    victim_key_aliases: tuple[str, ...] = ()
 
     @property
     def code(self) -> str:
@@ -92,18 +104,34 @@ class IncidentEvent:
     def from_wire(cls, data: Mapping[str, Any]) -> IncidentEvent:
         """Build from a pseudonymised, schema-valid JSON object (``asvat.incidents.v1``)."""
         location = data.get("location")
+        return cls.from_wire_with_place(
+            data, place_from_wire(location if isinstance(location, dict) else None)
+        )
+
+    @classmethod
+    def from_wire_with_place(cls, data: Mapping[str, Any], place: Place | None) -> IncidentEvent:
+        """:meth:`from_wire` with the place already made from ``data["location"]`` (by
+        :func:`~asvat.domain.location.places_from_wire`, which converts a batch at once)."""
+        get = data.get
+        closing_code = get("closing_code")
+        victim_key = get("victim_key")
+        vulnerability = get("vulnerability")
+        aliases = get("victim_key_aliases")
+        # Positional, in field order: the fields of a frozen dataclass are slow to set by
+        # keyword (this runs once per event).
         return cls(
-            event_id=str(data["event_id"]),
-            incident_id=str(data["incident_id"]),
-            sequence=int(data["sequence"]),
-            event_type=_shared(str(data["event_type"])),
-            occurred_at=parse_timestamp(data["occurred_at"]),
-            reported_at=parse_timestamp(data["reported_at"]),
-            source=_shared(str(data["source"])),
-            opening_code=_shared(str(data["opening_code"])),
-            closing_code=_shared(data.get("closing_code") or None),
-            victim_key=_shared(data.get("victim_key") or None),
-            place=place_from_wire(location if isinstance(location, dict) else None),
-            vulnerability=_vulnerability(data.get("vulnerability")),
-            description=data.get("description"),
+            str(data["event_id"]),
+            str(data["incident_id"]),
+            int(data["sequence"]),
+            _shared(str(data["event_type"])),
+            parse_timestamp(data["occurred_at"]),
+            parse_timestamp(data["reported_at"]),
+            _shared(str(data["source"])),
+            _shared(str(data["opening_code"])),
+            _shared(closing_code) if closing_code else None,
+            _shared(victim_key) if victim_key else None,
+            place,
+            _vulnerability(vulnerability) if vulnerability else _NO_FACTORS,
+            get("description"),
+            _aliases(aliases) if aliases else (),
         )

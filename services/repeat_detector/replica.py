@@ -44,6 +44,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError, OffsetOutOfRangeError
 
+from asvat.contracts import decode_incidents
 from asvat.domain.detector import Detector, DetectorOutcome
 from asvat.domain.incident import IncidentEvent
 from asvat.domain.policy import Policy
@@ -52,6 +53,7 @@ from asvat.embedded.broker import ensure_topics, parse_bootstrap
 from asvat.settings import (
     TOPIC_ASSESSMENTS,
     TOPIC_CASE_REVIEWS,
+    TOPIC_COMMANDS,
     TOPIC_EPOCH,
     TOPIC_ESCALATIONS,
     TOPIC_INCIDENTS,
@@ -135,6 +137,8 @@ class Replica:
         self._producer: AIOKafkaProducer | None = None
         self._partitions: list[TopicPartition] = []
         self._epoch_tp = TopicPartition(TOPIC_EPOCH, 0)
+        self._command_tps: list[TopicPartition] = []
+        self.commands_applied = 0
         self._epochs: set[str] = set()
         self._stopping = False
 
@@ -240,8 +244,10 @@ class Replica:
             )
             self.ownership = Ownership(len(partitions), self.ownership.owned)
         self._partitions = [TopicPartition(TOPIC_INCIDENTS, p) for p in sorted(partitions)]
-        consumer.assign([*self._partitions, self._epoch_tp])
-        await consumer.seek_to_beginning(*self._partitions, self._epoch_tp)
+        commands = consumer.partitions_for_topic(TOPIC_COMMANDS) or {0}
+        self._command_tps = [TopicPartition(TOPIC_COMMANDS, p) for p in sorted(commands)]
+        consumer.assign([*self._partitions, self._epoch_tp, *self._command_tps])
+        await consumer.seek_to_beginning(*self._partitions, self._epoch_tp, *self._command_tps)
         await self._start_catching_up()
 
     async def _start_catching_up(self) -> None:
@@ -276,9 +282,13 @@ class Replica:
             return
         pending = _Pending()
         epoch_messages = batches.pop(self._epoch_tp, [])
+        for tp in self._command_tps:
+            for message in batches.pop(tp, []):
+                self._command(message.value, pending)
         for tp, messages in batches.items():
-            for message in messages:
-                self._apply(message.value, pending)
+            decoded = decode_incidents([message.value for message in messages])
+            for result in decoded:
+                self._apply(result, pending)
             if messages:
                 pending.positions[tp.partition] = messages[-1].offset + 1
         if self.phase == "rebuilding" and self._is_caught_up(pending.positions):
@@ -338,7 +348,7 @@ class Replica:
         snapshot of everything owned."""
         consumer = self._consumer
         assert consumer is not None
-        await consumer.seek_to_beginning(*self._partitions, self._epoch_tp)
+        await consumer.seek_to_beginning(*self._partitions, self._epoch_tp, *self._command_tps)
         async with self._applied_changed:
             self.applied = {}
             self._applied_changed.notify_all()
@@ -346,11 +356,16 @@ class Replica:
         self._resnapshot_all = True
         await self._start_catching_up()
 
-    def _apply(self, raw: bytes, pending: _Pending) -> None:
+    def _apply(
+        self,
+        decoded: tuple[dict[str, Any], IncidentEvent] | Exception,
+        pending: _Pending,
+    ) -> None:
         metrics = self.metrics
         try:
-            data = json.loads(raw)
-            event = IncidentEvent.from_wire(data)
+            if isinstance(decoded, Exception):
+                raise decoded
+            data, event = decoded
             ingested = data.get("ingested_at")
             at = parse_timestamp(ingested) if isinstance(ingested, str) else now_micros()
         except (ValueError, KeyError, TypeError) as exc:
@@ -387,6 +402,26 @@ class Replica:
             metrics.late.labels(outcome.not_applied.kind).inc()
             return
         metrics.events.labels("applied").inc()
+        if self.phase == "live" and self.assigned:
+            self._outputs(outcome, pending, self.ownership.owns, self.ownership.owns)
+
+    def _command(self, raw: bytes, pending: _Pending) -> None:
+        """A command from a person (``schemas/command.v1.json``): applied by every replica;
+        what it raises is published by the subject's owner."""
+        try:
+            command = json.loads(raw)
+            if command.get("command") != "escalation.close":
+                raise ValueError(f"unknown command {command.get('command')!r}")
+            outcome = self.detector.close(
+                str(command["escalation_id"]),
+                str(command["subject_type"]),
+                str(command["subject_key"]),
+                at=parse_timestamp(str(command["at"])),
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            log.error("unusable record on %s (%s); ignored", TOPIC_COMMANDS, exc)
+            return
+        self.commands_applied += 1
         if self.phase == "live" and self.assigned:
             self._outputs(outcome, pending, self.ownership.owns, self.ownership.owns)
 
