@@ -1,10 +1,10 @@
 """API latency under load: the escalation list and area statistics on PostgreSQL.
 
 Run ``python bench/api.py [--escalations 100000] [--assessments 200000] [--rate 200]
-[--seconds 10] [--keep]``. It
+[--seconds 10] [--keep | --reuse DATABASE]``. It
 
-1. makes a PostgreSQL schema of its own in the database ``test`` on 127.0.0.1:5432 (trust
-   authentication, as the tests use), migrates it, and loads the escalations and
+1. makes a PostgreSQL database of its own (``asvat_bench_<random>``) on 127.0.0.1:5432
+   (trust authentication, as the tests use), migrates it, and loads the escalations and
    assessments through the API's own write path (``services/api/service.py``: places,
    area counts and the alert feed included), from the real Northumbria 2022 points spread
    over a year, with levels, subjects and statuses mixed;
@@ -18,7 +18,11 @@ Meanwhile a writer stores ``--live`` new escalations a second (and five assessme
 each), as the consumer would: the API reuses a page or a statistics answer only until the
 data under it changes, so the measured latencies include the answers made afresh.
 
-The schema is dropped at the end unless ``--keep``.
+The database is dropped at the end unless ``--keep`` (then ``--reuse`` measures it again
+without loading). A database of its own, not a schema in ``test``: the tests share
+``test``, and with it the advisory locks the API takes there (migrations, the alert feed's
+appends), so their writers would queue with the benchmark's; and nothing of the benchmark
+may outlive the drop (the writer is stopped and the server ended first).
 """
 
 from __future__ import annotations
@@ -33,16 +37,20 @@ import random
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from machine import cpu_model  # bench/machine.py (scripts run from bench/)
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+# bench/machine.py: found as ``machine`` when run as a script from bench/, and also when
+# uvicorn imports this module as ``bench.api`` from the repository root (the server).
+sys.path.append(str(Path(__file__).resolve().parent))
+
+from machine import cpu_model  # noqa: E402
 
 PG = "postgresql://postgres@127.0.0.1:5432/test"
 TARGET_P99_MS = 50.0
@@ -164,6 +172,18 @@ def load(url: str, escalations: int, assessments: int) -> str:
         _, token = tokens.create(session=session, role="admin", name="bench")
     with engine.connect() as connection:
         connection.exec_driver_sql("ANALYZE")
+    engine.dispose()
+    return token
+
+
+def bench_token(url: str) -> str:
+    """A fresh admin token in a database loaded before."""
+    from services.api import tokens
+    from services.api.db import make_engine, make_writer_factory
+
+    engine = make_engine(url)
+    with make_writer_factory(engine).begin() as session:
+        _, token = tokens.create(session=session, role="admin", name="bench")
     engine.dispose()
     return token
 
@@ -390,7 +410,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=200.0, help="requests per second")
     parser.add_argument("--seconds", type=float, default=10.0, help="per kind of request")
     parser.add_argument("--workers", type=int, default=2, help="uvicorn worker processes")
-    parser.add_argument("--keep", action="store_true", help="keep the schema afterwards")
+    parser.add_argument("--keep", action="store_true", help="keep the database afterwards")
+    parser.add_argument(
+        "--reuse", metavar="DATABASE", help="measure a database kept by --keep (no loading)"
+    )
     parser.add_argument(
         "--live", type=float, default=1.0, help="new escalations a second while measuring"
     )
@@ -398,8 +421,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import psycopg
 
-    schema = f"asvat_bench_{uuid.uuid4().hex[:8]}"
-    url = f"postgresql+psycopg://postgres@127.0.0.1:5432/test?options=-csearch_path%3D{schema}"
+    database = args.reuse or f"asvat_bench_{uuid.uuid4().hex[:8]}"
+    url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{database}"
     try:
         admin = psycopg.connect(PG, autocommit=True, connect_timeout=3)
     except psycopg.OperationalError as exc:
@@ -408,13 +431,19 @@ def main(argv: list[str] | None = None) -> int:
             "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
         ) from None
     server: subprocess.Popen[bytes] | None = None
+    writer: threading.Thread | None = None
+    stop = threading.Event()
     try:
         version = admin.execute("SHOW server_version").fetchone()
-        admin.execute(f"CREATE SCHEMA {schema}")
         load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
         print(f"machine: {machine()}; PostgreSQL {version[0] if version else '?'}", flush=True)
-        print(f"loading into schema {schema}:", flush=True)
-        token = load(url, args.escalations, args.assessments)
+        if args.reuse:
+            print(f"measuring database {database} as loaded before", flush=True)
+            token = bench_token(url)
+        else:
+            admin.execute(f'CREATE DATABASE "{database}"')
+            print(f"loading into database {database}:", flush=True)
+            token = load(url, args.escalations, args.assessments)
         port = free_port()
         base = f"http://127.0.0.1:{port}"
         server = start_server(url, port, args.workers)
@@ -436,11 +465,8 @@ def main(argv: list[str] | None = None) -> int:
                 "/v1/areas/statistics?level=district&period=week&from=2025-11-01&to=2026-10-31&format=csv"
             ],
         }
-        import threading
-
         import httpx
 
-        stop = threading.Event()
         writer = threading.Thread(target=live_writer, args=(url, args.live, stop), daemon=True)
         writer.start()
         first = httpx.get(
@@ -449,6 +475,11 @@ def main(argv: list[str] | None = None) -> int:
         kinds["escalation list, page 2 by cursor"] = [
             f"/v1/escalations?cursor={first['next_cursor']}"
         ]
+        with psycopg.connect(url.replace("+psycopg", ""), connect_timeout=3) as counting:
+            escalations, assessments = (
+                int(counting.execute(f"SELECT count(*) FROM {table}").fetchone()[0])  # type: ignore[index]
+                for table in ("escalations", "assessments")
+            )
         rows = []
         for name, paths in kinds.items():
             latencies = measure(base, token, paths, args.rate, args.seconds)
@@ -464,27 +495,37 @@ def main(argv: list[str] | None = None) -> int:
                 ]
             )
             print(f"  {name}: p50 {p50:.1f} ms, p99 {p99:.1f} ms", flush=True)
-        stop.set()
-        writer.join(10)
         header = ["request", "requests", "p50 ms", "p99 ms", "max ms", f"p99<={TARGET_P99_MS:g}"]
         widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
         print()
         print(
             f"API latency at {args.rate:g} requests/s (open loop, {args.seconds:g} s per kind), "
-            f"{args.escalations:,} escalations and {args.assessments:,} assessments in "
+            f"{escalations:,} escalations and {assessments:,} assessments in "
             f"PostgreSQL, {args.workers} uvicorn workers, {args.live:g} new escalations/s "
             "written meanwhile"
         )
-        print(f"machine: {machine()}; load average before the run: {load_before}")
+        load_after = " ".join(f"{x:.2f}" for x in os.getloadavg())
+        print(
+            f"machine: {machine()}; load average (1, 5, 15 min) before the run: {load_before}, "
+            f"after: {load_after}"
+        )
         for row in [header, ["-" * w for w in widths], *rows]:
             print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
         return 0 if all(r[-1] == "yes" for r in rows) else 1
     finally:
+        # Everything that uses the database ends before it is dropped (a writer left
+        # running after a failure used to die with 'relation "assessments" does not
+        # exist', hiding the failure printed above it).
+        stop.set()
+        if writer is not None:
+            writer.join(30)
         if server is not None:
             server.terminate()
             server.wait(30)
-        if not args.keep:
-            admin.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        if not (args.keep or args.reuse):
+            admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        elif not args.reuse:
+            print(f"kept database {database} (measure again with --reuse {database})")
         admin.close()
 
 

@@ -9,6 +9,18 @@ Nothing stops the loop: a message that is not JSON, breaks its schema or cannot 
 logged with its topic, partition and offset, counted in
 ``asvat_api_messages_invalid_total`` and skipped; a database that does not answer makes the
 batch wait and retry; a broker that goes away is reconnected to with backoff.
+
+The worker's ``asvat.reviews.v1``, ``asvat.integrity.v1`` and ``asvat.case-reviews.v1`` are
+not read, on purpose: the queues are derived from what is stored, and that is the more
+correct source. Reviews come due by the schedule each escalation's tasking carries, and a
+sign-off here moves the next one, which the worker never learns (its notices would call a
+signed-off review overdue). An integrity finding is issued only when the incident's
+assessment carries the same flags, on the same key, and a re-issued assessment without them
+clears the queue, which an append-only finding cannot. Case reviews: under the default
+``count_by: victim`` the assessments' ``case_review_threshold_met`` gives the same victims
+and stays right when an incident is reclassified; under ``location_distinct_reporters`` the
+subject is a place, which the queue (victims) cannot show yet: consuming case-reviews.v1,
+by ``event_id``, is the way to show it when that policy is used.
 """
 
 from __future__ import annotations

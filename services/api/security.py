@@ -39,13 +39,21 @@ def forget_tokens() -> None:
         _known.clear()
 
 
+def _known_principal(engine: Engine, token: str) -> Principal | None:
+    """The cached look-up of ``token`` if still fresh (no database, no thread), else None."""
+    with _known_lock:
+        hit = _known.get((id(engine), token))
+    if hit is not None and hit[0] > time.monotonic():
+        return hit[1]
+    return None
+
+
 def _cached_lookup(engine: Engine, token: str) -> Principal | None:
     key = (id(engine), token)
     now = time.monotonic()
-    with _known_lock:
-        hit = _known.get(key)
-    if hit is not None and hit[0] > now:
-        return hit[1]
+    known = _known_principal(engine, token)
+    if known is not None:
+        return known
     principal = lookup(engine, token)
     with _known_lock:
         if principal is None:
@@ -74,8 +82,11 @@ async def authenticate(engine: Engine, token: str | None) -> Principal:
     """The principal of ``token``; raises 401 (no or bad token) or 503 (no database)."""
     if not token:
         raise HTTPException(401, "a bearer token is required", headers=UNAUTHORISED)
+    # A token seen within TOKEN_CACHE_S is answered here; a look-up takes a thread.
+    principal = _known_principal(engine, token)
     try:
-        principal = await run_in_threadpool(_cached_lookup, engine, token)
+        if principal is None:
+            principal = await run_in_threadpool(_cached_lookup, engine, token)
     except AuthUnavailable as exc:
         raise HTTPException(503, str(exc)) from exc
     if principal is None:

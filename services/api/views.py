@@ -13,16 +13,18 @@ import asyncio
 import base64
 import binascii
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from typing import Annotated, Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar, cast
 
+import orjson
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import AwareDatetime, BaseModel, Field
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
 
 from services.api import handling, service, statistics, tokens
 from services.api.alerts import FeedNotifier, feed_position
@@ -54,7 +56,8 @@ class ApiState:
     pages: PageCache = field(default_factory=PageCache)
 
 
-def get_state(request: Request) -> ApiState:
+async def get_state(request: Request) -> ApiState:
+    # async: FastAPI runs a plain function dependency on a thread, one hop per request.
     state: ApiState = request.app.state.api
     return state
 
@@ -446,9 +449,8 @@ SortQ = Literal["raised_at", "-raised_at", "updated_at", "-updated_at", "level",
 
 
 @router.get("/v1/escalations", response_model=EscalationList, tags=["escalations"])
-def list_escalations(
+async def list_escalations(
     state: StateDep,
-    session: SessionDep,
     caller: Viewer,
     subject_type: Annotated[
         SubjectType | None, Query(description="Only victims or only locations.")
@@ -490,7 +492,7 @@ def list_escalations(
     after = _decode_cursor(cursor, sort) if cursor else None
     # Every change to an escalation appends to the feed, so the feed's newest id is the
     # version of the whole list: a page made at that version can be served again as is.
-    position = feed_position(session)
+    position = await _version(state, "escalations", feed_position)
     asked = (
         "escalations",
         subject_type,
@@ -529,19 +531,36 @@ def list_escalations(
         last = rows[-1] if len(rows) == limit else None
         next_cursor = _encode_cursor(sort, service.sort_values(last, sort)) if last else None
         # The summaries have the documented shape already (the schemathesis test checks
-        # it): serialised once, without a second validation.
-        return json.dumps(
+        # it): serialised once, without a second validation, by orjson (a tenth of the
+        # time json takes, and it holds the GIL the event loop needs meanwhile).
+        return orjson.dumps(
             {
                 "items": [service.summary(r, include_payload) for r in rows],
                 "count": len(rows),
                 "next_cursor": next_cursor,
                 "feed_position": position,
-            },
-            separators=(",", ":"),
-        ).encode()
+            }
+        )
 
-    body = state.pages.get_or_make(asked, position, page)
+    # A page made already is served from the event loop; making one takes a thread.
+    body = state.pages.cached(asked, position)
+    if body is None:
+        body = await run_in_threadpool(state.pages.get_or_make, asked, position, page)
     return Response(body, media_type="application/json")
+
+
+async def _version(state: ApiState, name: str, read: Callable[[Session], int]) -> int:
+    """The version ``read`` gives, as read by this process within ``pages.version_s``
+    (then no database round trip and no thread), else read now."""
+    known = state.pages.known_version(name)
+    if known is not None:
+        return cast(int, known)
+
+    def read_now() -> int:
+        with state.session_factory() as session:
+            return read(session)
+
+    return cast(int, await run_in_threadpool(state.pages.version, name, read_now))
 
 
 @router.get(
@@ -813,10 +832,9 @@ STAT_COLUMNS = list(AreaStatisticsRow.model_fields)
     response_model=AreaStatistics,
     responses={200: {"content": {"text/csv": {"schema": {"type": "string"}}}}},
 )
-def area_statistics(
+async def area_statistics(
     request: Request,
     state: StateDep,
-    session: SessionDep,
     caller: Viewer,
     level: AreaLevelQ = "district",
     period: Annotated[
@@ -847,8 +865,9 @@ def area_statistics(
     wants_csv = format == "csv" or (
         format is None and "text/csv" in request.headers.get("accept", "")
     )
-    # The counts' version moves with every change to them: a cached answer is exact.
-    version = statistics.counts_version(session)
+    # The counts' version moves with every change to them: a cached answer is exact as of
+    # the version (read by this process at most pages.version_s ago).
+    version = await _version(state, "area_counts", statistics.counts_version)
     asked = ("statistics", level, period, first, last, district, wants_csv)
 
     def answer() -> bytes:
@@ -868,9 +887,11 @@ def area_statistics(
         if wants_csv:
             return statistics.as_csv(rows, STAT_COLUMNS).encode()
         doc = {"level": level, "period": period, "from": str(first), "to": str(last)}
-        return json.dumps({**doc, "rows": rows}, separators=(",", ":")).encode()
+        return orjson.dumps({**doc, "rows": rows})
 
-    body = state.pages.get_or_make(asked, version, answer)
+    body = state.pages.cached(asked, version)
+    if body is None:
+        body = await run_in_threadpool(state.pages.get_or_make, asked, version, answer)
     return _statistics_response(body, wants_csv, level, period, first, last)
 
 
@@ -1100,3 +1121,10 @@ async def metrics(state: StateDep, caller: Viewer) -> Response:
     """Prometheus exposition text of this app's registry. Role: viewer."""
     body, content_type = state.metrics.render()
     return Response(content=body, media_type=content_type)
+
+
+# -- plans, scrutiny, recording quality ---------------------------------------------------
+# In their own modules, which use this module's dependencies: imported last.
+from services.api import plan_views  # noqa: E402
+
+router.include_router(plan_views.router)
