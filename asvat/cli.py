@@ -5,9 +5,18 @@ asvat worker               the repeat-detector faust worker
 asvat ingest               the ingest HTTP service (127.0.0.1:8001)
 asvat api                  the API (127.0.0.1:8000)
 asvat replay ...           the engine offline over an NDJSON file
+asvat backtest --policy A --policy B --input EVENTS --output DIR
+                           one history under several policies, compared (report.md/html)
+asvat report recording-quality --input EVENTS [--output CSV]
 asvat topics create        create the Kafka topics on ASVAT_KAFKA_BOOTSTRAP
 asvat demo-feed            post the demo incidents to a running ingest
+asvat ingest-file FILE --format ndjson|csv|police-uk|bus-feedback [--mapping MAP.yaml]
+                           load a file through the ingest path (resumable)
+asvat dlq list | replay [--reason R] [--source S]
+                           dead letters: counts by reason, re-submit after a fix
 asvat config [--markdown]  the settings and their environment variables
+asvat retention run [--dry-run]
+                           purge personal data past the policy's retention (audited)
 asvat db upgrade|current   migrate the API database (Alembic) / show its revision
 asvat token create --role ROLE [--name NAME] | list | revoke ID
                            bearer tokens for the API and ingest (last line: the token)
@@ -41,10 +50,13 @@ def _add_policy(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_up(args: argparse.Namespace, settings: Settings) -> int:
+    from asvat.keys import load_key_ring
     from asvat.supervisor import run_up
 
     policy_path = args.policy or settings.policy
     _policy(args, settings)  # validate before starting anything
+    if settings.env == "production":
+        load_key_ring(settings)  # so is the HMAC key (ingest would refuse it later)
     return run_up(settings, policy_path=policy_path, demo=args.demo, demo_rate=args.rate)
 
 
@@ -88,6 +100,51 @@ def _cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     return code
 
 
+def _cmd_backtest(args: argparse.Namespace, settings: Settings) -> int:
+    from asvat.backtest import backtest
+    from asvat.keys import load_hmac_key
+    from asvat.policy import load_policy
+
+    if len(args.policy) < 2:
+        print("backtest: give at least two --policy files", file=sys.stderr)
+        return 2
+    if not args.input.is_file():
+        print(f"backtest: --input {args.input}: no such file", file=sys.stderr)
+        return 2
+    named: list[tuple[str, Policy]] = []
+    for path in args.policy:
+        name = path.stem
+        while name in {n for n, _ in named}:
+            name += "'"
+        named.append((name, load_policy(path)))
+    key, key_id = load_hmac_key(settings)
+    doc, md, html = backtest(named, args.input, args.output, key=key, key_id=key_id)
+    print(
+        f"backtest: {doc['events']} events under {len(named)} policies in "
+        f"{doc['seconds_total']:.1f} s ({doc['cpu_seconds_total']:.1f} s of CPU); "
+        f"report: {md} and {html}"
+    )
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace, settings: Settings) -> int:
+    from asvat.keys import load_hmac_key
+    from asvat.recording_quality import CSV_COLUMNS, as_csv, report_from_file
+
+    if not args.input.is_file():
+        print(f"report: --input {args.input}: no such file", file=sys.stderr)
+        return 2
+    key, key_id = load_hmac_key(settings)
+    rows, bad = report_from_file(args.input, _policy(args, settings), key=key, key_id=key_id)
+    text = as_csv(rows, CSV_COLUMNS)
+    if args.output:
+        args.output.write_text(text, encoding="utf-8")
+        print(f"report: {len(rows)} rows ({bad} invalid lines skipped) in {args.output}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def _cmd_topics(args: argparse.Namespace, settings: Settings) -> int:
     from asvat.embedded.broker import ensure_topics, wait_for_broker
 
@@ -119,6 +176,28 @@ def _cmd_demo_feed(args: argparse.Namespace, settings: Settings) -> int:
     accepted = feed(url, events, rate_per_s=args.rate, token=token)
     print(f"demo feed: {accepted} events accepted by {url}")
     return 0
+
+
+def _cmd_ingest_file(args: argparse.Namespace, settings: Settings) -> int:
+    from services.ingest.commands import run_ingest_file
+
+    return run_ingest_file(
+        settings,
+        _policy(args, settings),
+        args.file,
+        args.format,
+        mapping_path=args.mapping,
+        restart=args.restart,
+        progress=not args.no_progress,
+    )
+
+
+def _cmd_dlq(args: argparse.Namespace, settings: Settings) -> int:
+    from services.ingest.commands import run_dlq_list, run_dlq_replay
+
+    if args.dlq_command == "list":
+        return run_dlq_list(settings)
+    return run_dlq_replay(settings, _policy(args, settings), reason=args.reason, source=args.source)
 
 
 def _cmd_db(args: argparse.Namespace, settings: Settings) -> int:
@@ -175,6 +254,31 @@ def _cmd_token(args: argparse.Namespace, settings: Settings) -> int:
         engine.dispose()
 
 
+def _cmd_retention(args: argparse.Namespace, settings: Settings) -> int:
+    from services.api.db import make_engine, make_writer_factory
+    from services.api.migrate import upgrade
+    from services.api.retention import purge
+
+    retention = _policy(args, settings).retention
+    engine = make_engine(settings.resolved_database_url)
+    try:
+        upgrade(engine)
+        report = purge(
+            session_factory=make_writer_factory(engine),
+            retention=retention,
+            dry_run=args.dry_run,
+            actor="asvat retention run",
+        )
+    except Exception as exc:  # the database's own error says what is wrong
+        where = engine.url.render_as_string(hide_password=True)
+        print(f"asvat retention: {where}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        engine.dispose()
+    print(report.summary())
+    return 0
+
+
 def _cmd_config(args: argparse.Namespace, settings: Settings) -> int:
     if args.markdown:
         print("| variable | default | meaning |")
@@ -187,7 +291,8 @@ def _cmd_config(args: argparse.Namespace, settings: Settings) -> int:
             print(f"| `{variable or 'ASVAT_' + name.upper()}` | {shown} | {meaning} |")
         return 0
     for name, value in settings.model_dump().items():
-        shown = "(set)" if name == "hmac_key" and value else value
+        secret = name in ("hmac_key", "hmac_previous_keys")
+        shown = "(set)" if secret and value else value
         print(f"ASVAT_{name.upper()}={shown}")
     return 0
 
@@ -235,6 +340,30 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--no-progress", action="store_true", help="no progress bar")
     rep.set_defaults(func=_cmd_replay)
 
+    back = sub.add_parser(
+        "backtest", help="replay one history under two or more policies and compare them"
+    )
+    back.add_argument(
+        "--policy",
+        type=Path,
+        action="append",
+        required=True,
+        help="a policy YAML (give two or more; the first is the baseline)",
+    )
+    back.add_argument("--input", type=Path, required=True, help="NDJSON incident events")
+    back.add_argument("--output", type=Path, required=True, help="directory for the report")
+    back.set_defaults(func=_cmd_backtest)
+
+    report = sub.add_parser("report", help="offline reports over NDJSON incident events")
+    report_sub = report.add_subparsers(dest="report_command", required=True)
+    quality = report_sub.add_parser(
+        "recording-quality", help="classification at opening vs closing, integrity, by team"
+    )
+    _add_policy(quality)
+    quality.add_argument("--input", type=Path, required=True, help="NDJSON incident events")
+    quality.add_argument("--output", type=Path, default=None, help="CSV file (default: stdout)")
+    quality.set_defaults(func=_cmd_report)
+
     topics = sub.add_parser("topics", help="manage Kafka topics")
     topics_sub = topics.add_subparsers(dest="topics_command", required=True)
     create = topics_sub.add_parser("create", help="create every asvat topic (idempotent)")
@@ -253,6 +382,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(func=_cmd_demo_feed)
 
+    load = sub.add_parser(
+        "ingest-file", help="load a file of incidents through the ingest path into Kafka"
+    )
+    _add_policy(load)
+    load.add_argument("file", type=Path, help="the file to load")
+    load.add_argument(
+        "--format", required=True, choices=("ndjson", "csv", "police-uk", "bus-feedback")
+    )
+    load.add_argument("--mapping", type=Path, default=None, help="column mapping YAML (csv)")
+    load.add_argument(
+        "--restart", action="store_true", help="ignore the checkpoint and load from the start"
+    )
+    load.add_argument("--no-progress", action="store_true", help="no progress bar")
+    load.set_defaults(func=_cmd_ingest_file)
+
+    dlq = sub.add_parser("dlq", help="dead letters on asvat.incidents.dlq.v1")
+    dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True)
+    dlq_sub.add_parser("list", help="outstanding dead letters by source and reason").set_defaults(
+        func=_cmd_dlq
+    )
+    dlq_replay = dlq_sub.add_parser("replay", help="re-submit outstanding dead letters")
+    _add_policy(dlq_replay)
+    dlq_replay.add_argument("--reason", default=None, help="only this reason code")
+    dlq_replay.add_argument("--source", default=None, help="only this source")
+    dlq_replay.set_defaults(func=_cmd_dlq)
+
     db = sub.add_parser("db", help="the API database")
     db_sub = db.add_subparsers(dest="db_command", required=True)
     db_sub.add_parser("upgrade", help="migrate to the newest schema").set_defaults(func=_cmd_db)
@@ -266,12 +421,21 @@ def build_parser() -> argparse.ArgumentParser:
     create_token.add_argument("--role", required=True, choices=ROLES)
     create_token.add_argument("--name", default=None, help="who or what it is for (audit trail)")
     create_token.set_defaults(func=_cmd_token)
-    token_sub.add_parser("list", help="every token (never the token)").set_defaults(
-        func=_cmd_token
-    )
+    token_sub.add_parser("list", help="every token (never the token)").set_defaults(func=_cmd_token)
     revoke = token_sub.add_parser("revoke", help="revoke a token by id (or unique name)")
     revoke.add_argument("which", help="token id (tok_…) or name")
     revoke.set_defaults(func=_cmd_token)
+
+    retention = sub.add_parser("retention", help="purge personal data past the policy's retention")
+    retention_sub = retention.add_subparsers(dest="retention_command", required=True)
+    retention_run = retention_sub.add_parser(
+        "run", help="remove what is past retention now and record it in the audit trail"
+    )
+    _add_policy(retention_run)
+    retention_run.add_argument(
+        "--dry-run", action="store_true", help="only count what would be removed"
+    )
+    retention_run.set_defaults(func=_cmd_retention)
 
     config = sub.add_parser("config", help="show the settings")
     config.add_argument("--markdown", action="store_true", help="the README's configuration table")
@@ -280,6 +444,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from asvat.keys import HmacKeyError
+
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -291,6 +457,9 @@ def main(argv: list[str] | None = None) -> int:
         code: int = args.func(args, settings)
     except PolicyError as exc:
         print(f"asvat: bad policy: {exc}", file=sys.stderr)
+        return 2
+    except HmacKeyError as exc:
+        print(f"asvat: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

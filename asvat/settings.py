@@ -29,6 +29,8 @@ TOPIC_DLQ = "asvat.incidents.dlq.v1"
 #: One partition: a record written by ingest each time it has republished its durable log to
 #: a broker that had lost it (the embedded broker keeps nothing across a restart).
 TOPIC_EPOCH = "asvat.epoch.v1"
+#: Commands from people to the workers: ``escalation.close`` from the API (command.v1).
+TOPIC_COMMANDS = "asvat.commands.v1"
 ALL_TOPICS = (
     TOPIC_INCIDENTS,
     TOPIC_ASSESSMENTS,
@@ -37,6 +39,9 @@ ALL_TOPICS = (
     TOPIC_REVIEWS,
     TOPIC_CASE_REVIEWS,
     TOPIC_INTEGRITY,
+    TOPIC_RAW,
+    TOPIC_DLQ,
+    TOPIC_COMMANDS,
 )
 
 EMBEDDED_BROKER_PORT = 19092
@@ -87,8 +92,6 @@ class Settings(BaseSettings):
     hmac_key_id: str = Field(
         "k1", description="ASVAT_HMAC_KEY_ID: label of the HMAC key, carried on every event."
     )
-    database_url: str | None = Field(
-        None,
     hmac_previous_key_files: str | None = Field(
         None,
         description="ASVAT_HMAC_PREVIOUS_KEY_FILES: during a key rotation, the retired keys "
@@ -106,6 +109,8 @@ class Settings(BaseSettings):
         "accepted event, republished to a broker that lost it). Unset: a SQLite file "
         "`ingest-events.db` in the data directory. In production, PostgreSQL.",
     )
+    database_url: str | None = Field(
+        None,
         description="ASVAT_DATABASE_URL: SQLAlchemy URL of the API database. "
         "Unset: a SQLite file `asvat.db` in the data directory.",
     )
@@ -143,6 +148,23 @@ class Settings(BaseSettings):
         description="ASVAT_PUBLISH_TIMEOUT_SECONDS: how long ingest waits for the broker's acks "
         "before answering 503.",
     )
+    ingest_raw_consumer: bool = Field(
+        True,
+        description="ASVAT_INGEST_RAW_CONSUMER: whether ingest also reads raw incident events "
+        "from the Kafka topic `asvat.raw.v1` (validated and pseudonymised as over HTTP; "
+        "rejects go to `asvat.incidents.dlq.v1`).",
+    )
+    ingest_raw_consumer_group: str = Field(
+        "asvat-ingest-raw",
+        description="ASVAT_INGEST_RAW_CONSUMER_GROUP: consumer group of ingest's reader of "
+        "`asvat.raw.v1`.",
+    )
+    bus_network_geojson: Path | None = Field(
+        None,
+        description="ASVAT_BUS_NETWORK_GEOJSON: bus routes (LineStrings) and stops (Points), "
+        "GeoJSON WGS84, for placing bus safety feedback. Unset: the shipped illustrative "
+        "Newcastle sample.",
+    )
     log_level: str = Field("INFO", description="ASVAT_LOG_LEVEL: DEBUG, INFO, WARNING or ERROR.")
     districts_geojson: Path | None = Field(
         None,
@@ -171,6 +193,12 @@ class Settings(BaseSettings):
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'asvat.db').resolve()}"
 
+    @property
+    def resolved_event_log_url(self) -> str:
+        if self.event_log_url:
+            return self.event_log_url
+        return f"sqlite:///{(self.data_dir / 'ingest-events.db').resolve()}"
+
     @cached_property
     def data_path(self) -> Path:
         """The data directory, created on first use."""
@@ -180,9 +208,3 @@ class Settings(BaseSettings):
 
 def load_settings() -> Settings:
     return Settings()
-    @property
-    def resolved_event_log_url(self) -> str:
-        if self.event_log_url:
-            return self.event_log_url
-        return f"sqlite:///{(self.data_dir / 'ingest-events.db').resolve()}"
-
