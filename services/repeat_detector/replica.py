@@ -41,6 +41,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError, OffsetOutOfRangeError
 
@@ -88,7 +89,9 @@ Record = tuple[str, bytes, bytes]  # (topic, key, value)
 
 
 def _dumps(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    """Compact UTF-8 JSON (orjson: the same document as ``json.dumps``, several times
+    faster; ids inside are computed by the domain, not from these bytes)."""
+    return orjson.dumps(obj)
 
 
 @dataclass
@@ -208,6 +211,9 @@ class Replica:
             auto_offset_reset="none",
             max_partition_fetch_bytes=4 * 1024 * 1024,
             fetch_max_bytes=16 * 1024 * 1024,
+            # The embedded broker answers a waiting fetch only when the wait ends, not when
+            # records arrive: aiokafka's 500 ms default was a floor on every alert's latency.
+            fetch_max_wait_ms=20,
         )
         await self._producer.start()
         await self._consumer.start()
