@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: run test lint typecheck unit setup system-deps clean bench
+.PHONY: run test lint typecheck unit setup system-deps clean bench bench-pipeline
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,12 @@ unit: setup
 
 bench: setup
 	$(BIN)/python bench/engine.py
+
+# The live pipeline on the embedded broker (bench/pipeline.py; ARGS=--quick for a smoke
+# run). py-spy, to profile the worker, is a bench-only tool: installed here, not by setup.
+bench-pipeline: setup
+	test -x $(BIN)/py-spy || $(BIN)/pip install --quiet 'py-spy>=0.4'
+	$(BIN)/python bench/pipeline.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache

@@ -82,10 +82,28 @@ BATCH_SIZE = 2000
 POLL_MS = 200
 #: Seconds between retries while the broker does not take the outputs.
 RETRY_S = 1.0
+#: While reading a backlog, how far (µs of acceptance time) a partition may run ahead of the
+#: slowest one that still has records to read (see ``Replica._apply_bound``).
+IN_STEP_US = 3_600 * 1_000_000
 #: Longest wait for the broker to acknowledge one batch of outputs before starting over.
 PUBLISH_TIMEOUT_S = 30.0
 
 Record = tuple[str, bytes, bytes]  # (topic, key, value)
+
+
+def _accepted_at(decoded: tuple[dict[str, Any], IncidentEvent] | Exception) -> int:
+    """When ingest accepted the event (its ``ingested_at``, else its ``reported_at``); an
+    unreadable message sorts first."""
+    if isinstance(decoded, Exception):
+        return -1
+    data, event = decoded
+    ingested = data.get("ingested_at")
+    if isinstance(ingested, str):
+        try:
+            return parse_timestamp(ingested)
+        except ValueError:
+            pass
+    return event.reported_at
 
 
 def _dumps(obj: Any) -> bytes:
@@ -141,6 +159,13 @@ class Replica:
         self._partitions: list[TopicPartition] = []
         self._epoch_tp = TopicPartition(TOPIC_EPOCH, 0)
         self._command_tps: list[TopicPartition] = []
+        #: Per partition: the acceptance time (µs) of the newest event read from it, the
+        #: next offset to fetch, and the events read but held back (see ``_apply_bound``).
+        self._read_up_to: dict[int, int] = {}
+        self._fetched: dict[int, int] = {}
+        self._held: dict[
+            int, list[tuple[int, int, tuple[dict[str, Any], IncidentEvent] | Exception]]
+        ] = {}
         self.commands_applied = 0
         self._epochs: set[str] = set()
         self._stopping = False
@@ -291,12 +316,33 @@ class Replica:
         for tp in self._command_tps:
             for message in batches.pop(tp, []):
                 self._command(message.value, pending)
+        # Events of all partitions in the order ingest accepted them: the engine's lateness
+        # rule reads a watermark over every partition, and applying one partition's years
+        # before another's would set aside, as late, events the live run applied.
         for tp, messages in batches.items():
-            decoded = decode_incidents([message.value for message in messages])
-            for result in decoded:
-                self._apply(result, pending)
+            held = self._held.setdefault(tp.partition, [])
+            for message, result in zip(
+                messages, decode_incidents([m.value for m in messages]), strict=True
+            ):
+                accepted = _accepted_at(result)
+                held.append((accepted, message.offset, result))
+                if accepted > self._read_up_to.get(tp.partition, -1):
+                    self._read_up_to[tp.partition] = accepted
             if messages:
-                pending.positions[tp.partition] = messages[-1].offset + 1
+                self._fetched[tp.partition] = messages[-1].offset + 1
+        bound = self._apply_bound()
+        ready: list[tuple[int, int, int, tuple[dict[str, Any], IncidentEvent] | Exception]] = []
+        for partition, held in self._held.items():
+            cut = 0
+            while cut < len(held) and held[cut][0] <= bound:
+                cut += 1
+            ready.extend((a, partition, o, r) for a, o, r in held[:cut])
+            del held[:cut]
+        ready.sort(key=lambda item: item[0])
+        for _accepted, partition, offset, result in ready:
+            self._apply(result, pending)
+            pending.positions[partition] = offset + 1
+        self._throttle_held()
         if self.phase == "rebuilding" and self._is_caught_up(pending.positions):
             self.phase = "live"
             log.info(
@@ -328,6 +374,31 @@ class Replica:
                         TOPIC_INCIDENTS)
             await self._read_again()
 
+    def _apply_bound(self) -> float:
+        """The latest acceptance time that may be applied now. While reading a backlog, a
+        partition with records still unread may yet hold events accepted just after what
+        it has delivered, so nothing later than its newest delivered event (plus
+        :data:`IN_STEP_US`) is applied from any partition: the partitions are merged in
+        about the order ingest accepted their events, as the live run saw them."""
+        if self.phase == "live":
+            return float("inf")
+        target = self._catch_up_to or {}
+        unread = [p for p, end in target.items() if self._fetched.get(p, 0) < end]
+        if not unread:
+            return float("inf")
+        return min(self._read_up_to.get(p, -1) for p in unread) + IN_STEP_US
+
+    def _throttle_held(self) -> None:
+        """Stop fetching a partition whose held-back events fill a batch (it is ahead of
+        the others); fetch it again once they are applied."""
+        consumer = self._consumer
+        assert consumer is not None
+        for tp in self._partitions:
+            if len(self._held.get(tp.partition, ())) >= BATCH_SIZE:
+                consumer.pause(tp)
+            else:
+                consumer.resume(tp)
+
     def _is_caught_up(self, positions: dict[int, int]) -> bool:
         target = self._catch_up_to or {}
         reached = {**self.applied, **positions}
@@ -358,6 +429,8 @@ class Replica:
         async with self._applied_changed:
             self.applied = {}
             self._applied_changed.notify_all()
+        self._read_up_to, self._fetched, self._held = {}, {}, {}
+        consumer.resume(*self._partitions)
         self.phase = "rebuilding"
         self._resnapshot_all = True
         await self._start_catching_up()

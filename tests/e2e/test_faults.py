@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -337,11 +338,14 @@ def test_a_restarted_embedded_broker_is_refilled_from_the_durable_log(
     wait_for(lambda: not broker.running, 10, "the broker to be gone")
     time.sleep(2)  # posts meet 503 meanwhile; the poster re-sends them
     broker.start()
-    poster.join()
-    assert poster.retries > 0, "some posts should have met the broker's absence"
+    poster.join()  # posts during the outage wait in ingest's producer or get 503 and re-send
     pipeline.wait_ready("worker-a", "worker-b", timeout=180)
     check_consistent(pipeline, tmp_path, poster.accepted)
-    resets = [pipeline.readyz(name)["broker_resets"] for name in ("worker-a", "worker-b")]
+    # The refill came from the durable log: ingest republished what the broker lost.
+    log = (pipeline.data_dir / "ingest.log").read_text()
+    republished = [
+        int(m) for m in re.findall(r"republished (\d+) events from the durable log", log)
+    ]
+    assert any(n >= 60 for n in republished), republished
     snapshots = [pipeline.readyz(name)["snapshots"] for name in ("worker-a", "worker-b")]
-    assert all(n >= 1 for n in snapshots), snapshots
-    assert resets, resets
+    assert all(n >= 2 for n in snapshots), snapshots  # at start, and after the refill

@@ -137,12 +137,16 @@ function formChanges() {
 
 async function act(path, body) {
   $("plan-error").textContent = "";
+  let refused = "";
   try {
     await api(path, { method: "POST", body: body ? JSON.stringify(body) : undefined });
   } catch (e) {
-    $("plan-error").textContent = e.message;
+    refused = e.message;
   }
+  // Reload first, then say why it was refused: the reload redraws the form, and an error
+  // shown before it would invite typing that the redraw then wiped.
   await Promise.all([openPlan(state.plan.plan_id), loadList(), loadReport()]);
+  $("plan-error").textContent = refused;
 }
 
 async function save() {

@@ -1,0 +1,102 @@
+"""The worker's replica reading a long backlog on a real broker.
+
+The engine's lateness rule compares each event with the newest occurrence time seen over
+*every* partition. A replica that read one partition's years before another's would set
+aside, as late, events the live run applied (found by bench/pipeline.py on a 2,000,000-event
+replay: 940 incidents). It must apply a backlog in about the order ingest accepted it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kafka import KafkaProducer
+
+from asvat.domain.policy import default_policy
+from asvat.domain.timeutil import format_timestamp, parse_timestamp
+from asvat.embedded.broker import EmbeddedBroker, ensure_topics
+from asvat.settings import TOPIC_INCIDENTS
+from services.repeat_detector.metrics import WorkerMetrics
+from services.repeat_detector.replica import Replica
+from tests.conftest import make_settings
+from tests.e2e.test_up import free_port
+
+DAY = 86_400 * 1_000_000
+T0 = parse_timestamp("2022-01-01T00:00:00Z")
+SPAN_DAYS = 900  # more than twice the default policy's max_lateness (400 d)
+PER_PARTITION = 1500
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[EmbeddedBroker]:
+    embedded = EmbeddedBroker(free_port(), log_path=tmp_path / "broker.log")
+    embedded.start()
+    try:
+        ensure_topics(embedded.bootstrap, 2)
+        yield embedded
+    finally:
+        embedded.stop()
+
+
+def wire_event(n: int, occurred: int) -> bytes:
+    stamp = format_timestamp(occurred)
+    return json.dumps(
+        {
+            "event_id": f"B{n}-0",
+            "incident_id": f"B{n}",
+            "sequence": 0,
+            "event_type": "opened",
+            "occurred_at": stamp,
+            "reported_at": stamp,
+            "ingested_at": format_timestamp(occurred + 60_000_000),
+            "source": "101",
+            "opening_code": "ASBN",
+            "closing_code": None,
+            "victim_key": f"{n % 50:064x}",
+            "key_id": "test",
+            "location": {"lat": 54.97 + (n % 20) * 0.001, "lon": -1.61},
+            "vulnerability": [],
+        }
+    ).encode()
+
+
+def test_a_backlog_over_years_in_two_partitions_sets_nothing_aside_as_late(
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=20)
+    total = 2 * PER_PARTITION
+    step = SPAN_DAYS * DAY // total
+    for n in range(total):
+        # Each partition holds its own, correctly ordered, 900 days of incidents.
+        producer.send(TOPIC_INCIDENTS, wire_event(n, T0 + n * step), partition=n % 2)
+    producer.flush()
+    producer.close()
+
+    settings = make_settings(tmp_path, kafka_bootstrap=broker.bootstrap, topic_partitions=2)
+    metrics = WorkerMetrics()
+    replica = Replica(settings, default_policy(), metrics)
+
+    async def rebuild() -> None:
+        task = asyncio.create_task(replica.run())
+        try:
+            for _ in range(600):
+                done = sum(
+                    int(metrics.events.labels(result)._value.get())
+                    for result in ("applied", "late")
+                )
+                if replica.caught_up and done >= total:
+                    break
+                await asyncio.sleep(0.1)
+        finally:
+            replica.stop()
+            await asyncio.wait_for(task, 30)
+
+    asyncio.run(rebuild())
+    late = int(metrics.events.labels("late")._value.get())
+    applied = int(metrics.events.labels("applied")._value.get())
+    assert late == 0, f"{late} events set aside as late while rebuilding"
+    assert applied == total
