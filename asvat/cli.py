@@ -146,10 +146,10 @@ def _cmd_report(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_topics(args: argparse.Namespace, settings: Settings) -> int:
-    from asvat.embedded.broker import ensure_topics, wait_for_broker
+    from asvat.embedded.broker import ensure_all_topics, wait_for_broker
 
     wait_for_broker(settings.bootstrap, timeout=args.wait)
-    ensure_topics(settings.bootstrap, settings.topic_partitions)
+    ensure_all_topics(settings.bootstrap, settings.topic_partitions)
     print(f"topics ready on {settings.bootstrap}")
     return 0
 

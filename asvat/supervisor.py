@@ -28,8 +28,8 @@ from typing import IO
 from asvat.embedded.broker import (
     EmbeddedBroker,
     PortInUseError,
+    ensure_all_topics,
     ensure_port_free,
-    ensure_topics,
     wait_for_broker,
 )
 from asvat.settings import Settings
@@ -111,7 +111,7 @@ class Supervisor:
             self.broker.start()
             bootstrap = self.broker.bootstrap
             self.say(f"Kafka: embedded Tansu broker on {bootstrap} (memory only)")
-        ensure_topics(bootstrap, self.settings.topic_partitions)
+        ensure_all_topics(bootstrap, self.settings.topic_partitions)
         self.prepare_database()
         for name in ("worker", "ingest", "api"):
             self.spawn(name, bootstrap)
@@ -182,7 +182,7 @@ class Supervisor:
             "(empty: ingest republishes its durable event log)"
         )
         broker.start()
-        ensure_topics(broker.bootstrap, self.settings.topic_partitions)
+        ensure_all_topics(broker.bootstrap, self.settings.topic_partitions)
 
     def check_children(self) -> None:
         self.check_broker()

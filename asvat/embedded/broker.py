@@ -27,7 +27,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
-from asvat.settings import ALL_TOPICS, EMBEDDED_BROKER_PORT, TOPIC_INCIDENTS
+from asvat.settings import ALL_TOPICS, EMBEDDED_BROKER_PORT, TOPIC_EPOCH, TOPIC_INCIDENTS
 
 #: Retention of ``asvat.incidents.v1`` when asvat creates it: six years (MoPI's minimum
 #: review period, DOMAIN.md), well beyond the default policy's longest window plus
@@ -266,6 +266,14 @@ def ensure_topics(
         ) from exc
     finally:
         admin.close()
+
+
+def ensure_all_topics(bootstrap: str, partitions: int) -> None:
+    """Every asvat topic with ``partitions`` partitions, and the one-partition epoch topic
+    (``asvat.epoch.v1``: created empty, it means "this broker has not had ingest's durable
+    log yet", which is the truth for a broker that just got its topics)."""
+    ensure_topics(bootstrap, partitions)
+    ensure_topics(bootstrap, 1, [TOPIC_EPOCH])
 
 
 def _configs_for(name: str, configs: dict[str, str], retention_ms: int | None) -> dict[str, str]:

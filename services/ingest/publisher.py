@@ -32,6 +32,7 @@ from typing import Any, Protocol
 
 from asvat.embedded.broker import (
     BrokerUnreachableError,
+    ensure_all_topics,
     ensure_topics,
     parse_bootstrap,
     ping_broker,
@@ -291,8 +292,7 @@ class Republisher:
         ping_broker(self.bootstrap, timeout=2.0)
         if read_epoch(self.bootstrap) is not None:
             return None
-        ensure_topics(self.bootstrap, self.partitions)
-        ensure_topics(self.bootstrap, 1, [TOPIC_EPOCH])
+        ensure_all_topics(self.bootstrap, self.partitions)
         count = 0
         for chunk in self.event_log.read(self.batch):
             self.publisher.publish([(e.key, e.value) for e in chunk])

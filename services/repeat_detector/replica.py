@@ -50,7 +50,7 @@ from asvat.domain.detector import Detector, DetectorOutcome
 from asvat.domain.incident import IncidentEvent
 from asvat.domain.policy import Policy
 from asvat.domain.timeutil import now_micros, parse_timestamp
-from asvat.embedded.broker import ensure_topics, parse_bootstrap
+from asvat.embedded.broker import ensure_all_topics, parse_bootstrap
 from asvat.settings import (
     TOPIC_ASSESSMENTS,
     TOPIC_CASE_REVIEWS,
@@ -91,19 +91,27 @@ PUBLISH_TIMEOUT_S = 30.0
 Record = tuple[str, bytes, bytes]  # (topic, key, value)
 
 
-def _accepted_at(decoded: tuple[dict[str, Any], IncidentEvent] | Exception) -> int:
-    """When ingest accepted the event (its ``ingested_at``, else its ``reported_at``); an
-    unreadable message sorts first."""
+Decoded = tuple[dict[str, Any], IncidentEvent] | Exception
+
+
+def _acceptance(decoded: Decoded) -> tuple[int, int | None, Decoded]:
+    """``(sort key, ingested_at, decoded)`` of one message, parsing ``ingested_at`` once.
+
+    The sort key is when ingest accepted the event (``ingested_at``, else its
+    ``reported_at``); an unreadable message sorts first. A malformed ``ingested_at`` makes
+    the message unreadable (its exception replaces it).
+    """
     if isinstance(decoded, Exception):
-        return -1
+        return -1, None, decoded
     data, event = decoded
     ingested = data.get("ingested_at")
-    if isinstance(ingested, str):
-        try:
-            return parse_timestamp(ingested)
-        except ValueError:
-            pass
-    return event.reported_at
+    if not isinstance(ingested, str):
+        return event.reported_at, None, decoded
+    try:
+        at = parse_timestamp(ingested)
+    except ValueError as exc:
+        return -1, None, exc
+    return at, at, decoded
 
 
 def _dumps(obj: Any) -> bytes:
@@ -132,7 +140,6 @@ class Replica:
         client_id: str = "asvat-worker",
     ) -> None:
         self.settings = settings
-        self.policy = policy
         self.metrics = metrics
         self.client_id = client_id
         self.detector = Detector(policy)
@@ -163,10 +170,8 @@ class Replica:
         #: next offset to fetch, and the events read but held back (see ``_apply_bound``).
         self._read_up_to: dict[int, int] = {}
         self._fetched: dict[int, int] = {}
-        self._held: dict[
-            int, list[tuple[int, int, tuple[dict[str, Any], IncidentEvent] | Exception]]
-        ] = {}
-        self.commands_applied = 0
+        #: (accepted, offset, decoded, ingested_at) per partition.
+        self._held: dict[int, list[tuple[int, int, Decoded, int | None]]] = {}
         self._epochs: set[str] = set()
         self._stopping = False
 
@@ -200,6 +205,11 @@ class Replica:
     @property
     def caught_up(self) -> bool:
         return self.phase == "live"
+
+    @property
+    def publishing(self) -> bool:
+        """Caught up and owning partitions: outputs are published, not only applied."""
+        return self.phase == "live" and self.assigned
 
     def lag(self) -> dict[int, int]:
         """Per partition: end offset last seen minus the next offset applied."""
@@ -254,8 +264,7 @@ class Replica:
         self._stopping = True
 
     def _ensure_topics(self) -> None:
-        ensure_topics(self.settings.bootstrap, self.settings.topic_partitions)
-        ensure_topics(self.settings.bootstrap, 1, [TOPIC_EPOCH])
+        ensure_all_topics(self.settings.bootstrap, self.settings.topic_partitions)
 
     async def _assign_all(self) -> None:
         consumer = self._consumer
@@ -324,23 +333,23 @@ class Replica:
             for message, result in zip(
                 messages, decode_incidents([m.value for m in messages]), strict=True
             ):
-                accepted = _accepted_at(result)
-                held.append((accepted, message.offset, result))
+                accepted, ingested, result = _acceptance(result)
+                held.append((accepted, message.offset, result, ingested))
                 if accepted > self._read_up_to.get(tp.partition, -1):
                     self._read_up_to[tp.partition] = accepted
             if messages:
                 self._fetched[tp.partition] = messages[-1].offset + 1
         bound = self._apply_bound()
-        ready: list[tuple[int, int, int, tuple[dict[str, Any], IncidentEvent] | Exception]] = []
+        ready: list[tuple[int, int, int, Decoded, int | None]] = []
         for partition, held in self._held.items():
             cut = 0
             while cut < len(held) and held[cut][0] <= bound:
                 cut += 1
-            ready.extend((a, partition, o, r) for a, o, r in held[:cut])
+            ready.extend((a, partition, o, r, i) for a, o, r, i in held[:cut])
             del held[:cut]
         ready.sort(key=lambda item: item[0])
-        for _accepted, partition, offset, result in ready:
-            self._apply(result, pending)
+        for _accepted, partition, offset, result, ingested in ready:
+            self._apply(result, ingested, pending)
             pending.positions[partition] = offset + 1
         self._throttle_held()
         if self.phase == "rebuilding" and self._is_caught_up(pending.positions):
@@ -349,7 +358,7 @@ class Replica:
                 "replica caught up: %d incidents retained, watermark %s",
                 self.detector.retained_incidents, self.detector.watermark,
             )
-        if self.phase == "live" and self.assigned:
+        if self.publishing:
             self._add_snapshots(pending)
         await self._publish(pending)
         if epoch_messages:
@@ -435,18 +444,15 @@ class Replica:
         self._resnapshot_all = True
         await self._start_catching_up()
 
-    def _apply(
-        self,
-        decoded: tuple[dict[str, Any], IncidentEvent] | Exception,
-        pending: _Pending,
-    ) -> None:
+    def _apply(self, decoded: Decoded, ingested: int | None, pending: _Pending) -> None:
+        """Apply one decoded event; ``ingested``: its ``ingested_at`` (escalations raised
+        by it count their deadlines from then; None: now)."""
         metrics = self.metrics
         try:
             if isinstance(decoded, Exception):
                 raise decoded
             data, event = decoded
-            ingested = data.get("ingested_at")
-            at = parse_timestamp(ingested) if isinstance(ingested, str) else now_micros()
+            at = ingested if ingested is not None else now_micros()
         except (ValueError, KeyError, TypeError) as exc:
             metrics.events.labels("unreadable").inc()
             log.error("unreadable incident message (%s); sent to the late topic", exc)
@@ -481,7 +487,7 @@ class Replica:
             metrics.late.labels(outcome.not_applied.kind).inc()
             return
         metrics.events.labels("applied").inc()
-        if self.phase == "live" and self.assigned:
+        if self.publishing:
             self._outputs(outcome, pending, self.ownership.owns, self.ownership.owns)
 
     def _command(self, raw: bytes, pending: _Pending) -> None:
@@ -500,14 +506,13 @@ class Replica:
         except (ValueError, KeyError, TypeError) as exc:
             log.error("unusable record on %s (%s); ignored", TOPIC_COMMANDS, exc)
             return
-        self.commands_applied += 1
-        if self.phase == "live" and self.assigned:
+        if self.publishing:
             self._outputs(outcome, pending, self.ownership.owns, self.ownership.owns)
 
     def _late(self, incident_id: str, value: bytes, pending: _Pending) -> None:
         """Late and rejected events are published by their incident's owner; while
         rebuilding (owner not yet known) they are kept for the first snapshot."""
-        if self.phase == "live" and self.assigned:
+        if self.publishing:
             if self.ownership.owns(incident_id):
                 pending.records.append((TOPIC_LATE, incident_id.encode(), value))
         else:
@@ -648,7 +653,7 @@ class Replica:
 
     def reviews_due(self) -> list[Record]:
         """Review notices now due for the subjects this worker owns."""
-        if not (self.phase == "live" and self.assigned):
+        if not self.publishing:
             return []
         records = []
         for review in self.detector.reviews_due(now_micros(), self.ownership.owns):
