@@ -143,11 +143,11 @@ class _Bus(_Ndjson):
         return Parsed(record)
 
 
-class _Csv(_Format):
-    has_header = True
+class _Headed(_Format):
+    """A format whose first line is a header its rows reader checks."""
 
-    def __init__(self, mapping: CsvMapping) -> None:
-        self.rows = CsvRows(mapping)
+    has_header = True
+    rows: CsvRows | PoliceUkRows
 
     def header(self, line: Line) -> None:
         if line.text is None:
@@ -156,6 +156,13 @@ class _Csv(_Format):
             self.rows.header(line.text)
         except MappingError as exc:
             raise FileFormatError(str(exc)) from exc
+
+
+class _Csv(_Headed):
+    rows: CsvRows
+
+    def __init__(self, mapping: CsvMapping) -> None:
+        self.rows = CsvRows(mapping)
 
     def parse(self, line: Line) -> Parsed:
         assert line.text is not None
@@ -163,19 +170,11 @@ class _Csv(_Format):
         return Parsed(record, errors)
 
 
-class _PoliceUk(_Format):
-    has_header = True
+class _PoliceUk(_Headed):
+    rows: PoliceUkRows
 
     def __init__(self, code: str) -> None:
         self.rows = PoliceUkRows(code)
-
-    def header(self, line: Line) -> None:
-        if line.text is None:
-            raise FileFormatError(f"line 1: cannot read the header: {line.error}")
-        try:
-            self.rows.header(line.text)
-        except MappingError as exc:
-            raise FileFormatError(str(exc)) from exc
 
     def parse(self, line: Line) -> Parsed:
         assert line.text is not None
