@@ -4,6 +4,10 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+# The domain core compiled with mypyc (asvat/native.py): rebuilt when a domain module
+# changes. Without a C compiler the build says so, and the sources run (slower).
+NATIVE_SOURCES := $(wildcard asvat/domain/*.py)
+NATIVE := asvat/domain/_native.json
 
 .PHONY: run test lint typecheck unit setup system-deps clean bench bench-pipeline
 
@@ -16,7 +20,10 @@ $(STAMP): $(BIN)/python pyproject.toml
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
-setup: $(STAMP)
+$(NATIVE): $(STAMP) $(NATIVE_SOURCES) asvat/native.py
+	$(BIN)/asvat native build
+
+setup: $(STAMP) $(NATIVE)
 
 # Prometheus' server and promtool (Debian package prometheus) for the observability tests.
 # Returns at once when they are installed; otherwise installs them with apt-get.
@@ -44,4 +51,4 @@ bench-pipeline: setup
 	$(BIN)/python bench/pipeline.py $(ARGS)
 
 clean:
-	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache asvat/domain/*.so $(NATIVE)

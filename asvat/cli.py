@@ -437,10 +437,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     retention_run.set_defaults(func=_cmd_retention)
 
+    native = sub.add_parser(
+        "native", help="the domain core compiled with mypyc: build, status or clean"
+    )
+    native.add_argument("action", choices=["build", "status", "clean"])
+    native.add_argument(
+        "--required", action="store_true", help="build: fail (exit 1) when it cannot compile"
+    )
+    native.add_argument("-v", "--verbose", action="store_true", help="build: show the compiler")
+    native.set_defaults(func=_cmd_native)
+
     config = sub.add_parser("config", help="show the settings")
     config.add_argument("--markdown", action="store_true", help="the README's configuration table")
     config.set_defaults(func=_cmd_config)
     return parser
+
+
+def _cmd_native(args: argparse.Namespace, settings: Settings) -> int:
+    from asvat import native
+
+    return native.main(args.action, required=args.required, verbose=args.verbose)
 
 
 def main(argv: list[str] | None = None) -> int:

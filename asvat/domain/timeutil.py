@@ -32,7 +32,7 @@ class TimestampError(ValueError):
     """A timestamp that is not RFC 3339 with an explicit offset."""
 
 
-def parse_timestamp(text: str) -> int:
+def parse_timestamp(text: object) -> int:
     """Parse an RFC 3339 timestamp that carries an offset (``Z`` or ``±hh:mm``).
 
     Returns microseconds since the epoch. Fractions beyond microseconds are truncated.

@@ -24,6 +24,7 @@ from typing import Any
 import faust
 from prometheus_client import generate_latest
 
+from asvat import native
 from asvat.domain.policy import Policy
 from asvat.settings import TOPIC_INCIDENTS, Settings
 from services.repeat_detector.health import Progress, verdict
@@ -180,6 +181,7 @@ def create_app(
             "retained_incidents": replica.detector.retained_incidents,
             "snapshots": replica.snapshots,
             "broker_resets": replica.broker_resets,
+            "domain_core": "compiled" if native.status().compiled else "interpreted",
         }
         return web.json(body, status=200 if not reasons else 503)
 

@@ -232,6 +232,10 @@ def test_two_workers_share_the_partitions_and_agree_with_the_replay(
 ) -> None:
     owned = [pipeline.readyz(name)["owned_partitions"] for name in ("worker-a", "worker-b")]
     assert sorted(owned[0] + owned[1]) == [0, 1, 2, 3], owned
+    # The workers run the domain core make setup compiled (asvat/native.py).
+    assert {pipeline.readyz(name)["domain_core"] for name in ("worker-a", "worker-b")} == {
+        "compiled"
+    }
     assert owned[0] and owned[1], "each worker should own some partitions"
     poster = Poster(pipeline, fresh_events(0, 300)).start()
     poster.join()

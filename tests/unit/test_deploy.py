@@ -135,6 +135,15 @@ def test_dockerfile_installs_the_project_as_a_non_root_user() -> None:
     assert 'ENTRYPOINT ["asvat"]' in text
 
 
+def test_the_image_compiles_the_domain_core_and_never_copies_a_local_build() -> None:
+    text = DOCKERFILE.read_text(encoding="utf-8")
+    # After the project is copied and installed, before the user is dropped to non-root.
+    build = text.index("asvat native build --required")
+    assert text.index("pip install --no-deps -e .") < build < text.index("USER asvat")
+    ignored = (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
+    assert "asvat/domain/*.so" in ignored and "asvat/domain/_native.json" in ignored
+
+
 # ---------------------------------------------------------------- compose: production set
 
 #: Values a filled-in .env gives (tests only).
