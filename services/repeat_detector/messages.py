@@ -1,11 +1,13 @@
 """The worker's messages: domain results as the JSON payloads of its output topics.
 
 One function per topic, each matching its schema in ``schemas/`` (tests validate real
-output against them). ``now`` is the wall-clock time the worker issues the message.
+output against them). ``now`` is the wall-clock time the worker issues the message (µs; the
+replica uses one per batch, so it is formatted once per batch).
 """
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 from asvat.domain.assessment import Assessment, NotApplied
@@ -15,9 +17,15 @@ from asvat.domain.integrity import IntegrityFinding
 from asvat.domain.timeutil import format_timestamp
 
 
+@lru_cache(maxsize=8)
+def _stamp(now: int) -> str:
+    """``format_timestamp(now)``, remembered for the last few ``now``."""
+    return format_timestamp(now)
+
+
 def assessment_message(assessment: Assessment, now: int) -> dict[str, Any]:
     """``asvat.assessments.v1`` (key: incident_id)."""
-    return assessment.to_wire(now)
+    return assessment.to_wire(_stamp(now))
 
 
 def escalation_message(escalation: EscalationEvent, now: int) -> dict[str, Any]:
@@ -25,18 +33,18 @@ def escalation_message(escalation: EscalationEvent, now: int) -> dict[str, Any]:
     return {
         "schema": "asvat.escalation.v1",
         **escalation.content(),
-        "raised_at": format_timestamp(now),
+        "raised_at": _stamp(now),
     }
 
 
 def case_review_message(met: CaseReviewThresholdMet, now: int) -> dict[str, Any]:
     """``asvat.case-reviews.v1`` (key: subject_key)."""
-    return {"schema": "asvat.case-review.v1", **met.content(), "at": format_timestamp(now)}
+    return {"schema": "asvat.case-review.v1", **met.content(), "at": _stamp(now)}
 
 
 def integrity_message(finding: IntegrityFinding, now: int) -> dict[str, Any]:
     """``asvat.integrity.v1`` (key: incident_id)."""
-    return {"schema": "asvat.integrity.v1", **finding.content(), "at": format_timestamp(now)}
+    return {"schema": "asvat.integrity.v1", **finding.content(), "at": _stamp(now)}
 
 
 def review_message(review: ReviewEvent) -> dict[str, Any]:

@@ -25,6 +25,11 @@ stages and a join. The whole state of a force is small (under 1 KiB per retained
 * **Order**: outputs are flushed (acknowledged by the broker) before the positions they
   came from count as applied; the agent lets faust commit an offset only once it is
   applied, so the group's committed offsets and lag mean "published".
+* **Sending**: a batch's outputs go to the broker as one record batch per topic partition
+  (aiokafka's batch API), each record on the partition Kafka's default partitioner gives its
+  key (murmur2, as ``producer.send`` would: ``ownership.py``), in the order decided. One INFO
+  line per batch says how many records of each kind were published; the line per escalation
+  is DEBUG.
 
 Time: an escalation raised by an event counts its deadlines from when ingest accepted the
 event (``ingested_at``), so every replica computes the same escalation, however late it
@@ -37,9 +42,11 @@ import asyncio
 import json
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from operator import itemgetter
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -75,6 +82,9 @@ from services.repeat_detector.messages import (
 from services.repeat_detector.metrics import NO_RULE, WorkerMetrics, level_of
 from services.repeat_detector.ownership import Ownership
 
+if TYPE_CHECKING:
+    from aiokafka.producer.message_accumulator import BatchBuilder
+
 log = logging.getLogger("asvat.worker")
 
 #: Records read per poll, and the longest wait for them.
@@ -88,7 +98,16 @@ IN_STEP_US = 3_600 * 1_000_000
 #: Longest wait for the broker to acknowledge one batch of outputs before starting over.
 PUBLISH_TIMEOUT_S = 30.0
 
-Record = tuple[str, bytes, bytes]  # (topic, key, value)
+Record = tuple[str, str, bytes]  # (topic, key, value); the key is sent UTF-8 encoded
+#: What the per-batch log line calls the records of each topic, in its order.
+TOPIC_NOUNS = {
+    TOPIC_ASSESSMENTS: "assessments",
+    TOPIC_ESCALATIONS: "escalations",
+    TOPIC_CASE_REVIEWS: "case reviews",
+    TOPIC_INTEGRITY: "integrity findings",
+    TOPIC_REVIEWS: "reviews",
+    TOPIC_LATE: "late or rejected events",
+}
 
 
 Decoded = tuple[dict[str, Any], IncidentEvent] | Exception
@@ -122,10 +141,50 @@ def _dumps(obj: Any) -> bytes:
 
 @dataclass
 class _Pending:
-    """Outputs decided but not yet acknowledged, and the positions they advance."""
+    """Outputs decided but not yet acknowledged, the positions they advance, and what the
+    metrics count once they are published (counted per batch, not per record)."""
 
     records: list[Record] = field(default_factory=list)
     positions: dict[int, int] = field(default_factory=dict)
+    #: Wall-clock time the batch's outputs are issued (µs): one for the whole batch.
+    now: int = field(default_factory=now_micros)
+    #: ``asvat_worker_events_processed_total`` by result.
+    events: Counter[str] = field(default_factory=Counter)
+    #: ``asvat_worker_assessments_issued_total`` / ``…escalations_raised_total`` by (level, rule).
+    assessments: Counter[tuple[str, str]] = field(default_factory=Counter)
+    escalations: Counter[tuple[str, str]] = field(default_factory=Counter)
+
+
+def published_summary(records: Iterable[Record]) -> str:
+    """``published N records: A assessments, E escalations, …`` (kinds in
+    :data:`TOPIC_NOUNS` order, those with none left out). Counts only: no ids."""
+    by_topic = Counter(map(itemgetter(0), records))
+    total = sum(by_topic.values())
+    kinds = [f"{by_topic.pop(topic)} {noun}" for topic, noun in TOPIC_NOUNS.items()
+             if topic in by_topic]
+    kinds += [f"{count} on {topic}" for topic, count in sorted(by_topic.items())]
+    return f"published {total} record{'' if total == 1 else 's'}: {', '.join(kinds)}"
+
+
+def sort_by_partition(
+    records: Iterable[Record], key_hash: Callable[[str], int], partitions: dict[str, list[int]]
+) -> dict[tuple[str, int], list[Record]]:
+    """The records per (topic, partition), each list in the records' order. A record goes to
+    the partition Kafka's default partitioner (aiokafka's, the Java client's) gives its key:
+    ``sorted partitions[hash(key) % len(partitions)]``, ``key_hash`` being murmur2 of the
+    UTF-8 key made non-negative (``ownership.key_hash``); ``partitions``: every topic's
+    partition ids, sorted."""
+    grouped: dict[tuple[str, int], list[Record]] = {}
+    for record in records:
+        topic, key, _value = record
+        ids = partitions[topic]
+        tp = (topic, ids[key_hash(key) % len(ids)])
+        found = grouped.get(tp)
+        if found is None:
+            grouped[tp] = [record]
+        else:
+            found.append(record)
+    return grouped
 
 
 class Replica:
@@ -448,13 +507,14 @@ class Replica:
         """Apply one decoded event; ``ingested``: its ``ingested_at`` (escalations raised
         by it count their deadlines from then; None: now)."""
         metrics = self.metrics
+        counted = pending.events
         try:
             if isinstance(decoded, Exception):
                 raise decoded
             data, event = decoded
             at = ingested if ingested is not None else now_micros()
         except (ValueError, KeyError, TypeError) as exc:
-            metrics.events.labels("unreadable").inc()
+            counted["unreadable"] += 1
             log.error("unreadable incident message (%s); sent to the late topic", exc)
             payload = late_message(f"unreadable: {exc}", "rejected", None, None)
             self._late("", _dumps(payload), pending)
@@ -467,7 +527,7 @@ class Replica:
                 "engine failed on incident_id=%s event_id=%s", event.incident_id, event.event_id,
                 extra={"incident_id": event.incident_id, "event_id": event.event_id},
             )
-            metrics.events.labels("engine_error").inc()
+            counted["engine_error"] += 1
             payload = late_message(
                 f"engine error: {type(exc).__name__}: {exc}", "rejected", None, data
             )
@@ -475,18 +535,18 @@ class Replica:
             metrics.late.labels("engine_error").inc()
             return
         if outcome.duplicate:
-            metrics.events.labels("duplicate").inc()
+            counted["duplicate"] += 1
             return
         if outcome.superseded:
-            metrics.events.labels("superseded").inc()
+            counted["superseded"] += 1
             return
         if outcome.not_applied is not None:
-            metrics.events.labels(outcome.not_applied.kind).inc()
+            counted[outcome.not_applied.kind] += 1
             payload = not_applied_message(outcome.not_applied, data)
             self._late(event.incident_id, _dumps(payload), pending)
             metrics.late.labels(outcome.not_applied.kind).inc()
             return
-        metrics.events.labels("applied").inc()
+        counted["applied"] += 1
         if self.publishing:
             self._outputs(outcome, pending, self.ownership.owns, self.ownership.owns)
 
@@ -514,7 +574,7 @@ class Replica:
         rebuilding (owner not yet known) they are kept for the first snapshot."""
         if self.publishing:
             if self.ownership.owns(incident_id):
-                pending.records.append((TOPIC_LATE, incident_id.encode(), value))
+                pending.records.append((TOPIC_LATE, incident_id, value))
         else:
             self._late_while_rebuilding.append((incident_id, value))
 
@@ -525,28 +585,30 @@ class Replica:
         owns_incident: Callable[[str], bool],
         owns_subject: Callable[[str], bool],
     ) -> None:
-        metrics = self.metrics
-        now = now_micros()
+        now = pending.now
         records = pending.records
         for assessment in outcome.assessments:
             if not owns_incident(assessment.incident_id):
                 continue
             records.append(
-                (TOPIC_ASSESSMENTS, assessment.incident_id.encode(),
+                (TOPIC_ASSESSMENTS, assessment.incident_id,
                  _dumps(assessment_message(assessment, now)))
             )
+            level = level_of(assessment)
             for rule in assessment.rules_met or (NO_RULE,):
-                metrics.assessments.labels(level_of(assessment), rule).inc()
+                pending.assessments[level, rule] += 1
         for escalation in outcome.escalations:
             if not owns_subject(escalation.subject_key):
                 continue
             records.append(
-                (TOPIC_ESCALATIONS, escalation.subject_key.encode(),
+                (TOPIC_ESCALATIONS, escalation.subject_key,
                  _dumps(escalation_message(escalation, now)))
             )
             for rule in [r.rule_id for r in escalation.reasons if r.rule_id] or [NO_RULE]:
-                metrics.escalations.labels(escalation.level, rule).inc()
-            log.info(
+                pending.escalations[escalation.level, rule] += 1
+            # DEBUG: at INFO, this line (its incident id through the phone-number redaction)
+            # cost more than publishing the escalation; _publish says how many were published.
+            log.debug(
                 "escalation %s: %s %s level=%s incident_id=%s",
                 escalation.event, escalation.subject_type, escalation.escalation_id[:12],
                 escalation.level, escalation.incident_id,
@@ -556,14 +618,12 @@ class Replica:
         for met in outcome.case_reviews:
             if owns_subject(met.subject_key):
                 records.append(
-                    (TOPIC_CASE_REVIEWS, met.subject_key.encode(),
-                     _dumps(case_review_message(met, now)))
+                    (TOPIC_CASE_REVIEWS, met.subject_key, _dumps(case_review_message(met, now)))
                 )
         for finding in outcome.integrity:
             if owns_incident(finding.incident_id):
                 records.append(
-                    (TOPIC_INTEGRITY, finding.incident_id.encode(),
-                     _dumps(integrity_message(finding, now)))
+                    (TOPIC_INTEGRITY, finding.incident_id, _dumps(integrity_message(finding, now)))
                 )
 
     def _add_snapshots(self, pending: _Pending) -> None:
@@ -580,7 +640,7 @@ class Replica:
         late, self._late_while_rebuilding = self._late_while_rebuilding, []
         for incident_id, value in late:
             if owns(incident_id):
-                pending.records.append((TOPIC_LATE, incident_id.encode(), value))
+                pending.records.append((TOPIC_LATE, incident_id, value))
         self._resnapshot_all = False
         self._snapshot_due = None
         self.snapshots += 1
@@ -607,6 +667,9 @@ class Replica:
                 await self._restart_producer()
                 await asyncio.sleep(RETRY_S)
                 await asyncio.to_thread(self._ensure_topics_quietly)
+        if pending.records:
+            log.info(published_summary(pending.records), extra={"count": len(pending.records)})
+        self._count(pending)
         if pending.positions or pending.records:
             self.last_progress = time.time()
         if pending.positions:
@@ -616,11 +679,56 @@ class Replica:
         self.metrics.retained.set(self.detector.retained_incidents)
         self.metrics.last_batch.set(time.time())
 
+    def _count(self, pending: _Pending) -> None:
+        """Add a batch's counts to the metrics (one ``inc`` per label set, not per record)."""
+        metrics = self.metrics
+        for result, count in pending.events.items():
+            metrics.events.labels(result).inc(count)
+        for (level, rule), count in pending.assessments.items():
+            metrics.assessments.labels(level, rule).inc(count)
+        for (level, rule), count in pending.escalations.items():
+            metrics.escalations.labels(level, rule).inc(count)
+        pending.events.clear()
+        pending.assessments.clear()
+        pending.escalations.clear()
+
     async def _send_all(self, records: list[Record]) -> None:
+        """Send ``records`` and return once the broker acknowledged every one (acks=all).
+
+        Not one ``producer.send`` per record (a coroutine, a metadata look-up, the
+        partitioner and a future each): the records are grouped per topic partition here,
+        each on the partition ``producer.send`` would choose (:func:`sort_by_partition`,
+        its key's hash remembered by the ownership), and each group goes as one or more
+        record batches in order. Only one batch per partition is queued at a time (aiokafka
+        waits for the previous one to be drained into a request) and a partition has at most
+        one request in flight, so a partition's records reach the broker in order.
+        """
         producer = self._producer
         assert producer is not None
-        futures = [await producer.send(topic, value, key=key) for topic, key, value in records]
-        await asyncio.gather(*futures)
+        partitions: dict[str, list[int]] = {}
+        for topic in {record[0] for record in records}:
+            partitions[topic] = sorted(await producer.partitions_for(topic))
+        batches: dict[tuple[str, int], list[BatchBuilder]] = {}
+        for tp, group in sort_by_partition(records, self.ownership.key_hash, partitions).items():
+            builder = producer.create_batch()
+            batches[tp] = [builder]
+            for _topic, key, value in group:
+                if builder.append(key=key.encode(), value=value, timestamp=None) is None:
+                    builder = producer.create_batch()  # full (max_batch_size): start another
+                    batches[tp].append(builder)
+                    builder.append(key=key.encode(), value=value, timestamp=None)
+        futures = []
+        # Every partition's first batch, then every second one, …: sending a partition's
+        # next batch waits until its previous one is on its way.
+        for n in range(max(map(len, batches.values()), default=0)):
+            for (topic, partition), built in batches.items():
+                if n < len(built):
+                    built[n].close()  # complete: no lingering for more records
+                    futures.append(await producer.send_batch(built[n], topic, partition=partition))
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
 
     async def _restart_producer(self) -> None:
         old = self._producer
@@ -633,6 +741,7 @@ class Replica:
         await self._producer.start()
 
     def _new_producer(self) -> AIOKafkaProducer:
+        # Its max_batch_size bounds the record batches _send_all builds (create_batch).
         return AIOKafkaProducer(
             bootstrap_servers=[f"{h}:{p}" for h, p in parse_bootstrap(self.settings.bootstrap)],
             client_id=f"{self.client_id}-out",
@@ -657,11 +766,10 @@ class Replica:
             return []
         records = []
         for review in self.detector.reviews_due(now_micros(), self.ownership.owns):
-            records.append(
-                (TOPIC_REVIEWS, review.escalation_id.encode(), _dumps(review_message(review)))
-            )
+            records.append((TOPIC_REVIEWS, review.escalation_id, _dumps(review_message(review))))
             self.metrics.reviews.labels(review.event).inc()
         return records
 
     async def publish_records(self, records: list[Record]) -> None:
         await self._publish(_Pending(records=records))
+

@@ -1,9 +1,12 @@
-"""The worker's replica reading a long backlog on a real broker.
+"""The worker's replica on a real broker: reading a long backlog, and publishing.
 
 The engine's lateness rule compares each event with the newest occurrence time seen over
 *every* partition. A replica that read one partition's years before another's would set
 aside, as late, events the live run applied (found by bench/pipeline.py on a 2,000,000-event
 replay: 940 incidents). It must apply a backlog in about the order ingest accepted it.
+
+It publishes a batch's outputs as record batches it partitions itself: every record must land
+on the partition ``producer.send`` would have chosen, in the same order.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from aiokafka import AIOKafkaProducer
 from kafka import KafkaProducer
 
 from asvat.domain.policy import default_policy
@@ -21,8 +25,8 @@ from asvat.domain.timeutil import format_timestamp, parse_timestamp
 from asvat.embedded.broker import EmbeddedBroker, ensure_topics
 from asvat.settings import TOPIC_INCIDENTS
 from services.repeat_detector.metrics import WorkerMetrics
-from services.repeat_detector.replica import Replica
-from tests.conftest import make_settings
+from services.repeat_detector.replica import Record, Replica, _Pending
+from tests.conftest import consume_all, make_settings
 from tests.e2e.test_up import free_port
 
 DAY = 86_400 * 1_000_000
@@ -100,3 +104,45 @@ def test_a_backlog_over_years_in_two_partitions_sets_nothing_aside_as_late(
     applied = int(metrics.events.labels("applied")._value.get())
     assert late == 0, f"{late} events set aside as late while rebuilding"
     assert applied == total
+
+
+def test_published_records_land_where_producer_send_puts_them_in_the_same_order(
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    """The same records through the replica's batched publishing and through one
+    ``producer.send`` each (the way before): the same partition and order for every record.
+    Five partitions, not the incidents topic's two: a record is partitioned among its own
+    topic's partitions. 3,000 records of ~600 bytes: several record batches per partition."""
+    batched, one_by_one = "asvat.test-batched.v1", "asvat.test-send.v1"
+    ensure_topics(broker.bootstrap, 5, [batched, one_by_one])
+    keys = [f"NB-2022-{n:07d}" for n in range(200)] + [f"{n:064x}" for n in range(50)] + [""]
+    records: list[Record] = [
+        (batched, keys[(n * 7919) % len(keys)], f"{n:06d}".encode() + b"x" * 600)
+        for n in range(3000)
+    ]
+    settings = make_settings(tmp_path, kafka_bootstrap=broker.bootstrap, topic_partitions=2)
+    replica = Replica(settings, default_policy(), WorkerMetrics())
+
+    async def publish() -> None:
+        replica._producer = replica._new_producer()
+        await replica._producer.start()
+        plain = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, acks="all", linger_ms=5)
+        await plain.start()
+        try:
+            await replica._publish(_Pending(records=records))
+            futures = [
+                await plain.send(one_by_one, value, key=key.encode()) for _t, key, value in records
+            ]
+            await asyncio.gather(*futures)
+        finally:
+            await plain.stop()
+            await replica._producer.stop()
+
+    asyncio.run(publish())
+    got = consume_all(broker.bootstrap, batched)
+    reference = consume_all(broker.bootstrap, one_by_one)
+    assert len(got) == len(records)
+    assert [(r.partition, r.key, r.value) for r in got] == [
+        (r.partition, r.key, r.value) for r in reference
+    ]
+    assert len({r.partition for r in got}) == 5
