@@ -6,7 +6,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
@@ -65,32 +65,84 @@ def _assessment_id(content: dict[str, Any]) -> str:
     return content_id("assessment", _canonical(content))
 
 
-@dataclass(frozen=True, slots=True)
 class Assessment:
     """The current assessment of one incident.
 
     ``rule_counts`` has an entry for every rule of the policy (0 when the rule does not apply,
     e.g. a victim rule for an anonymous report); ``contributing`` lists, for rules met only,
     the sorted ids of the incidents counted.
+
+    Immutable (every field is ``Final``: mypy refuses an assignment) and compared by value.
+    A plain class, not a dataclass, so that mypyc compiles its ``__init__``: a dataclass's
+    generated one stays interpreted, and one assessment is made per incident assessed.
     """
 
-    incident_id: str
-    in_scope: bool
-    classification: str
-    asb_category: str | None
-    occurred_at: int
-    victim_key: str | None
-    location_key: str | None
-    rules_met: tuple[str, ...]
-    rule_counts: Mapping[str, int]
-    contributing: Mapping[str, tuple[str, ...]]
-    # Filled in by asvat.domain.detector from the policy's risk, case_review and integrity
-    # sections; the engine alone leaves the defaults.
-    risk_level: str = "standard"
-    risk_score: int = 0
-    reasons: tuple[Mapping[str, Any], ...] = ()
-    case_review_threshold_met: bool = False
-    integrity_flags: tuple[Mapping[str, Any], ...] = ()
+    __slots__ = (
+        "asb_category", "case_review_threshold_met", "classification", "contributing",
+        "in_scope", "incident_id", "integrity_flags", "location_key", "occurred_at",
+        "reasons", "risk_level", "risk_score", "rule_counts", "rules_met", "victim_key",
+    )
+
+    def __init__(
+        self,
+        incident_id: str,
+        in_scope: bool,
+        classification: str,
+        asb_category: str | None,
+        occurred_at: int,
+        victim_key: str | None,
+        location_key: str | None,
+        rules_met: tuple[str, ...],
+        rule_counts: Mapping[str, int],
+        contributing: Mapping[str, tuple[str, ...]],
+        # Filled in by asvat.domain.detector from the policy's risk, case_review and
+        # integrity sections; the engine alone leaves the defaults.
+        risk_level: str = "standard",
+        risk_score: int = 0,
+        reasons: tuple[Mapping[str, Any], ...] = (),
+        case_review_threshold_met: bool = False,
+        integrity_flags: tuple[Mapping[str, Any], ...] = (),
+    ) -> None:
+        self.incident_id: Final = incident_id
+        self.in_scope: Final = in_scope
+        self.classification: Final = classification
+        self.asb_category: Final = asb_category
+        self.occurred_at: Final = occurred_at
+        self.victim_key: Final = victim_key
+        self.location_key: Final = location_key
+        self.rules_met: Final = rules_met
+        self.rule_counts: Final = rule_counts
+        self.contributing: Final = contributing
+        self.risk_level: Final = risk_level
+        self.risk_score: Final = risk_score
+        self.reasons: Final = reasons
+        self.case_review_threshold_met: Final = case_review_threshold_met
+        self.integrity_flags: Final = integrity_flags
+
+    def _fields(self) -> tuple[Any, ...]:
+        return (
+            self.incident_id, self.in_scope, self.classification, self.asb_category,
+            self.occurred_at, self.victim_key, self.location_key, self.rules_met,
+            self.rule_counts, self.contributing, self.risk_level, self.risk_score,
+            self.reasons, self.case_review_threshold_met, self.integrity_flags,
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Assessment):
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    __hash__ = None  # type: ignore[assignment]  # compared by value, holds dicts
+
+    def __repr__(self) -> str:
+        names = (
+            "incident_id", "in_scope", "classification", "asb_category", "occurred_at",
+            "victim_key", "location_key", "rules_met", "rule_counts", "contributing",
+            "risk_level", "risk_score", "reasons", "case_review_threshold_met",
+            "integrity_flags",
+        )
+        shown = ", ".join(f"{n}={v!r}" for n, v in zip(names, self._fields(), strict=True))
+        return f"Assessment({shown})"
 
     def content(self) -> dict[str, Any]:
         """The assessment as JSON-ready data, without wall-clock fields."""

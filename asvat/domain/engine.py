@@ -38,7 +38,7 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right, insort_right
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from math import floor
 from operator import attrgetter
 
@@ -121,6 +121,12 @@ def location_key(place: Place | None) -> str | None:
     return f"bng:{floor(place.easting)}:{floor(place.northing)}"
 
 
+def _cell_key(cx: int, cy: int) -> int:
+    """One int for the grid cell ``(cx, cy)``: cheaper to hash than a tuple, and unique for
+    |cy| < 2**31 cells (any point within 400,000 km of the grid's origin)."""
+    return (cx << 32) + (cy & 0xFFFFFFFF)
+
+
 @dataclass(frozen=True, slots=True)
 class _RulePlan:
     """One rule with what evaluating it needs at hand."""
@@ -134,15 +140,28 @@ class _RulePlan:
     r2: float  # radius squared (location rules)
 
 
-@dataclass(slots=True)
 class Outcome:
-    """What applying one event changed."""
+    """What applying one event changed.
 
-    assessments: list[Assessment] = field(default_factory=list)
-    escalations: list[Escalation] = field(default_factory=list)
-    not_applied: NotApplied | None = None
-    duplicate: bool = False
-    superseded: bool = False
+    A plain class, not a dataclass: mypyc compiles its ``__init__`` (a dataclass's
+    generated one stays interpreted), and one is made per event.
+    """
+
+    __slots__ = ("assessments", "duplicate", "escalations", "not_applied", "superseded")
+
+    def __init__(self) -> None:
+        self.assessments: list[Assessment] = []
+        self.escalations: list[Escalation] = []
+        self.not_applied: NotApplied | None = None
+        self.duplicate = False
+        self.superseded = False
+
+    def __repr__(self) -> str:
+        return (
+            f"Outcome(assessments={self.assessments!r}, escalations={self.escalations!r}, "
+            f"not_applied={self.not_applied!r}, duplicate={self.duplicate!r}, "
+            f"superseded={self.superseded!r})"
+        )
 
 
 class DetectionEngine:
@@ -193,7 +212,7 @@ class DetectionEngine:
         self._max_radius = policy.max_radius_m
         self._records: dict[str, _Record] = {}
         self._victims: dict[str, list[_Record]] = {}
-        self._cells: dict[tuple[int, int], _Timeline] = {}
+        self._cells: dict[int, _Timeline] = {}  # by _cell_key
         self._uprns: dict[str, _Timeline] = {}
         self._raised: dict[tuple[str, str], set[str]] = {}
         self._raised_seen: dict[tuple[str, str], int] = {}
@@ -410,19 +429,26 @@ class DetectionEngine:
         y1 = floor((y + radius) / size)
         cells = self._cells
         if x1 == x0 + 1 and y1 == y0 + 1:  # the usual 2 × 2 cells (size is twice the radius)
-            get = cells.get
-            return [
-                timeline
-                for timeline in (get((x0, y0)), get((x0, y1)), get((x1, y0)), get((x1, y1)))
-                if timeline is not None
-            ]
+            found = []
+            for key in (
+                _cell_key(x0, y0), _cell_key(x0, y1), _cell_key(x1, y0), _cell_key(x1, y1)
+            ):
+                timeline = cells.get(key)
+                if timeline is not None:
+                    found.append(timeline)
+            return found
         found = []
         for cx in range(x0, x1 + 1):
             for cy in range(y0, y1 + 1):
-                timeline = cells.get((cx, cy))
+                timeline = cells.get(_cell_key(cx, cy))
                 if timeline is not None:
                     found.append(timeline)
         return found
+
+    def _cell_of(self, place: Place) -> int:
+        """The key of the grid cell that holds ``place``."""
+        size = self._cell
+        return _cell_key(floor(place.easting / size), floor(place.northing / size))
 
     def _index(self, record: _Record) -> None:
         victim_key = record.event.victim_key
@@ -438,7 +464,7 @@ class DetectionEngine:
                     insort_right(aliased, record, key=_victim_time)
         place = record.place
         if place is not None and self._by_place:
-            cell = place.cell(self._cell)
+            cell = self._cell_of(place)
             timeline = self._cells.get(cell)
             if timeline is None:
                 timeline = self._cells[cell] = _Timeline()
@@ -467,7 +493,7 @@ class DetectionEngine:
                     del self._victims[key]
         place = record.place
         if place is not None and self._by_place:
-            cell = place.cell(self._cell)
+            cell = self._cell_of(place)
             timeline = self._cells[cell]
             timeline.remove(record)
             if not timeline:
