@@ -443,15 +443,30 @@ class Replica:
             await self._read_again()
 
     def _apply_bound(self) -> float:
-        """The latest acceptance time that may be applied now. While reading a backlog, a
-        partition with records still unread may yet hold events accepted just after what
-        it has delivered, so nothing later than its newest delivered event (plus
+        """The latest acceptance time that may be applied now. A partition with records
+        still unread (while rebuilding: below the end offsets read at the start; live: below
+        its last known high watermark) may yet hold events accepted just after what it has
+        delivered, so nothing later than its newest delivered event (plus
         :data:`IN_STEP_US`) is applied from any partition: the partitions are merged in
-        about the order ingest accepted their events, as the live run saw them."""
+        about the order ingest accepted their events, as a live run saw them."""
         if self.phase == "live":
-            return float("inf")
-        target = self._catch_up_to or {}
-        unread = [p for p, end in target.items() if self._fetched.get(p, 0) < end]
+            # Live, a burst (a replay, a backlog after an outage) can fill one partition's
+            # fetches before another's just the same: the partitions' high watermarks
+            # (known from the last fetch responses, no request) say which still hold
+            # records. When all are read, the usual case, nothing waits.
+            consumer = self._consumer
+            assert consumer is not None
+            # Only partitions that have delivered: one that never has (empty, or its records
+            # past retention) gives no position to compare, and must not hold the others.
+            unread = []
+            for tp in self._partitions:
+                end = consumer.highwater(tp)
+                fetched = self._fetched.get(tp.partition)
+                if end is not None and fetched is not None and fetched < end:
+                    unread.append(tp.partition)
+        else:
+            target = self._catch_up_to or {}
+            unread = [p for p, end in target.items() if self._fetched.get(p, 0) < end]
         if not unread:
             return float("inf")
         return min(self._read_up_to.get(p, -1) for p in unread) + IN_STEP_US
