@@ -61,9 +61,12 @@ def _cmd_up(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from asvat.runtime import tune_gc
     from services.repeat_detector.main import run
 
-    return run(settings, _policy(args, settings))
+    policy = _policy(args, settings)
+    tune_gc()
+    return run(settings, policy)
 
 
 def _cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
