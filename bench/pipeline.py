@@ -163,14 +163,17 @@ def pseudonymised(events: Iterable[dict[str, Any]]) -> list[Message]:
 
 
 def replay_messages(count: int) -> list[Message]:
-    """``count`` pre-pseudonymised events: the year repeated, each copy a year later."""
+    """``count`` pre-pseudonymised events: the year repeated, each copy a year later, each
+    stamped as accepted when it was reported (``ingested_at`` = ``reported_at``), as a
+    replay of history is: the worker merges partitions by acceptance time, and one instant
+    for all would leave it no order to merge by (a partition read ahead then pushes the
+    watermark past ``max_lateness`` for the others)."""
     base = [pseudonymise_event(e, HMAC_KEY, "k1") for e in northumbria_incidents(seed=2022)]
     copies = -(-count // len(base))
-    ingested_at = format_timestamp(now_micros())
     out: list[Message] = []
     for event in copies_of(lambda: base, copies):
         event = dict(event)
-        event["ingested_at"] = ingested_at
+        event["ingested_at"] = event["reported_at"]
         out.append(encode(event))
         if len(out) == count:
             break
