@@ -39,10 +39,6 @@ class Place:
         dy = self.northing - other.northing
         return dx * dx + dy * dy <= radius_m * radius_m
 
-    def cell(self, size_m: float) -> tuple[int, int]:
-        """The square grid cell of side ``size_m`` that holds this point."""
-        return (math.floor(self.easting / size_m), math.floor(self.northing / size_m))
-
     def to_wgs84(self) -> tuple[float, float]:
         """``(lat, lon)`` of the point."""
         lon, lat = _TO_WGS84.transform(self.easting, self.northing)
