@@ -25,9 +25,12 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from asvat.settings import ALL_TOPICS, EMBEDDED_BROKER_PORT, TOPIC_EPOCH, TOPIC_INCIDENTS
+
+if TYPE_CHECKING:
+    from aiokafka import AIOKafkaConsumer
 
 #: Retention of ``asvat.incidents.v1`` when asvat creates it: six years (MoPI's minimum
 #: review period, DOMAIN.md), well beyond the default policy's longest window plus
@@ -85,6 +88,32 @@ def ensure_port_free(host: str, port: int, what: str) -> None:
 
 
 # --------------------------------------------------------------------------- probing
+
+
+def group_consumer(
+    *topics: str, bootstrap: str, group_id: str, **overrides: Any
+) -> AIOKafkaConsumer:
+    """An aiokafka consumer of ``topics`` in the group ``group_id`` that commits its own
+    offsets (after its work is done) and starts from the earliest record the first time.
+
+    Its group timings make a join take seconds, not aiokafka's default ~30 s, on the
+    embedded broker and on Kafka alike; ``overrides`` are further aiokafka settings.
+    """
+    from aiokafka import AIOKafkaConsumer
+
+    settings: dict[str, Any] = {
+        "bootstrap_servers": bootstrap,
+        "group_id": group_id,
+        "client_id": f"{group_id}-consumer",
+        "auto_offset_reset": "earliest",
+        "enable_auto_commit": False,
+        "session_timeout_ms": 10_000,
+        "heartbeat_interval_ms": 1_000,
+        "metadata_max_age_ms": 5_000,
+        "retry_backoff_ms": 500,
+    }
+    settings.update(overrides)
+    return AIOKafkaConsumer(*topics, **settings)
 
 
 def parse_bootstrap(bootstrap: str) -> list[tuple[str, int]]:

@@ -46,6 +46,7 @@ from sqlalchemy.exc import (
 from sqlalchemy.orm import Session, sessionmaker
 
 from asvat.contracts import validate_against
+from asvat.embedded.broker import group_consumer
 from asvat.settings import TOPIC_ASSESSMENTS, TOPIC_ESCALATIONS
 from services.api import service
 from services.api.areas import AreaIndex
@@ -241,18 +242,11 @@ class ApiConsumer:
         """Consume until stopped; reconnect with backoff whenever the broker goes away."""
         backoff = _Backoff()
         while not self._stopping.is_set():
-            consumer = AIOKafkaConsumer(
+            consumer = group_consumer(
                 *self.topics,
-                bootstrap_servers=self.bootstrap,
+                bootstrap=self.bootstrap,
                 group_id=self.group_id,
-                client_id=f"{self.group_id}-consumer",
-                auto_offset_reset="earliest",
-                enable_auto_commit=False,
-                session_timeout_ms=10_000,
-                heartbeat_interval_ms=1_000,
-                metadata_max_age_ms=5_000,
                 max_poll_interval_ms=60_000,
-                retry_backoff_ms=500,
                 # The embedded broker answers a waiting fetch only when the wait ends, not
                 # when records arrive: 500 ms (the default) was a floor on alert latency.
                 fetch_max_wait_ms=FETCH_MAX_WAIT_MS,

@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from asvat.domain.timeutil import now_micros
-from asvat.embedded.broker import ensure_topics
+from asvat.embedded.broker import ensure_topics, group_consumer
 from services.ingest.dead_letters import Delivery, Origin, dead_letter
 from services.ingest.publisher import BrokerUnavailable
 from services.ingest.submission import Rejected, SourceError, Submission
@@ -133,7 +133,6 @@ class RawTopicSource:
             loop.close()
 
     async def _main(self) -> None:
-        from aiokafka import AIOKafkaConsumer
         from aiokafka.errors import KafkaError
 
         self._stopping = asyncio.Event()
@@ -144,18 +143,11 @@ class RawTopicSource:
                 await asyncio.to_thread(
                     ensure_topics, self.bootstrap, self.partitions, [self.topic]
                 )
-                consumer = AIOKafkaConsumer(
+                consumer = group_consumer(
                     self.topic,
-                    bootstrap_servers=self.bootstrap,
+                    bootstrap=self.bootstrap,
                     group_id=self.group_id,
-                    client_id=f"{self.group_id}-consumer",
-                    auto_offset_reset="earliest",
-                    enable_auto_commit=False,
-                    session_timeout_ms=10_000,
-                    heartbeat_interval_ms=1_000,
-                    metadata_max_age_ms=5_000,
                     max_poll_interval_ms=120_000,
-                    retry_backoff_ms=500,
                 )
                 await consumer.start()
                 log.info(
