@@ -36,7 +36,7 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_up import TOKENS, System, free_port, http, make_token, system_env
+from test_up import TOKENS, System, free_port, http, make_token, system_env, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -204,16 +204,6 @@ def sqlite_rows(path: Path) -> bytes:
     return "\n".join(rows).encode()
 
 
-def wait_until(predicate: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
 def test_no_planted_identifier_reaches_a_topic_a_table_a_file_or_a_log(
     system: System, tmp_path: Path
 ) -> None:
@@ -285,14 +275,14 @@ def test_no_planted_identifier_reaches_a_topic_a_table_a_file_or_a_log(
     for planted in PLANTED.values():
         for n in (1, 2):
             incident_id = f"PD-{planted.source}-{n}"
-            wait_until(
+            wait_for(
                 lambda i=incident_id: (
                     http("GET", f"{system.api}/v1/incidents/{i}/assessment")[0] == 200
                 ),
                 120,
                 f"the assessment of {incident_id}",
             )
-    topics = wait_until(
+    topics = wait_for(
         lambda: (
             t
             if b"PD-raw-3" in (t := all_topics(system.bootstrap)).get("asvat.incidents.dlq.v1", b"")

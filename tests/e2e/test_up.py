@@ -23,17 +23,13 @@ from typing import Any
 import pytest
 from kafka import KafkaConsumer
 
+from bench.pipeline_processes import free_port, wait_for
+
 pytestmark = pytest.mark.e2e
 
 RAW_PHONES = ("07412 345678", "+44 7412 345678", "447412345678")
 RAW_NAME = "Zebedee Quixotic-Fairweather"
 RAW_POSTCODE = "NE1 4ST"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def port_free(port: int) -> bool:
@@ -162,16 +158,6 @@ def incident(n: int, phone: str, day: int) -> dict[str, Any]:
         "vulnerability": ["isolation"],
         "description": "Youths kicking the door again",
     }
-
-
-def wait_for(predicate: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.25)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def test_three_reports_with_three_phone_spellings_raise_one_victim_escalation(
