@@ -126,6 +126,20 @@ class Phase:
         return f"{self.load_start:.1f} → {load1():.1f}"
 
 
+def pipeline_cpu(pipeline: Pipeline) -> dict[str, float]:
+    """CPU seconds so far of each of the pipeline's processes and its broker."""
+    pids = {name: pipeline.pid(name) for name in pipeline.processes}
+    broker = pipeline.broker.pid
+    if broker is not None:
+        pids["broker"] = broker
+    return {name: cpu_seconds(pid) for name, pid in pids.items()}
+
+
+def cpu_split(before: dict[str, float], after: dict[str, float]) -> str:
+    """``ingest 3.1, worker-a 9.0, …`` — CPU seconds each process spent between the two."""
+    return ", ".join(f"{n} {after[n] - before.get(n, 0.0):.1f}" for n in sorted(after))
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of process ``pid`` so far."""
     with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
@@ -633,12 +647,18 @@ def throughput_phases(args: argparse.Namespace, work: Path, rows: list[Row]) -> 
             worker_pid = pipeline.pid("worker-a")
             label = "(b) profiled pass" if profiled else "(b) full path"
             phase = Phase(label)
-            profiler = Profiler(worker_pid, work / f"py-spy-{prefix}.txt") if profiled else None
+            profiler = (
+                Profiler(pipeline.pid(args.profile), work / f"py-spy-{prefix}.txt")
+                if profiled
+                else None
+            )
             cpu_before = cpu_seconds(worker_pid)
+            all_before = pipeline_cpu(pipeline)
             started = time.time()
             go.set()
             done = wait_counter(counter, args.timeout, pipeline)
             cpu = cpu_seconds(worker_pid) - cpu_before
+            split = cpu_split(all_before, pipeline_cpu(pipeline))
             if profiler is not None:
                 profile = profiler.finish()
             for process in posters:
@@ -650,9 +670,9 @@ def throughput_phases(args: argparse.Namespace, work: Path, rows: list[Row]) -> 
             stored = wait_stored(pipeline, prefix, len(counter.wanted), args.timeout)
             note = (f"{rate:,.0f} events/s (last 202 at {last_202 - started:.1f} s; worker "
                     f"CPU {cpu:.1f} s = {count / cpu:,.0f} events per CPU-s; API stored all "
-                    f"at {stored - started:.1f} s)")
+                    f"at {stored - started:.1f} s; CPU s until all assessed: {split})")
             if profiled:
-                note += "; py-spy sampling the worker"
+                note += f"; py-spy sampling {args.profile}"
             rows.append(Row(
                 f"{label}: {args.posters} posters × NDJSON {args.batch} → all assessed",
                 count, seconds, note, f"{rate / ceiling_rate:.3f}",
@@ -860,6 +880,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--drain", type=float, default=10.0, help="wait after (c)'s posts")
     parser.add_argument("--timeout", type=float, default=900.0)
     parser.add_argument("--timeout-replay", type=float, default=3600.0)
+    parser.add_argument("--profile", default="worker-a", choices=("worker-a", "ingest", "api"),
+                        help="the process py-spy samples in the profiled (b) pass")
     parser.add_argument("--skip-replay", action="store_true")
     parser.add_argument("--replay-only", action="store_true", help="only (d)")
     parser.add_argument("--quick", action="store_true",
@@ -880,20 +902,20 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_replay:
             replay(args, work, rows)
     finally:
-        print_rows(rows, profile, load_start)
+        print_rows(rows, profile, load_start, args.profile)
     if not args.keep:
         subprocess.run(["rm", "-rf", str(work)], check=False)
     return 0
 
 
-def print_rows(rows: list[Row], profile: list[str], load_start: float) -> None:
+def print_rows(rows: list[Row], profile: list[str], load_start: float, profiled: str) -> None:
     print()
     print(f"Machine: {machine()}; load average (1 min) {load_start:.1f} at start, "
           f"{load1():.1f} at end; {datetime.now(tz=UTC):%Y-%m-%d %H:%M} UTC")
     print()
     print_table(rows)
     print()
-    print("py-spy, worker during the profiled (b) pass:")
+    print(f"py-spy, {profiled} during the profiled (b) pass:")
     print("\n".join(profile or ["(not reached)"]))
 
 
