@@ -48,7 +48,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from asvat.contracts import validate_against
 from asvat.embedded.broker import group_consumer
 from asvat.settings import TOPIC_ASSESSMENTS, TOPIC_ESCALATIONS
-from services.api import service
+from services.api import service, statistics
 from services.api.areas import AreaIndex
 from services.api.metrics import ApiMetrics
 
@@ -164,13 +164,19 @@ def _write(session: Session, messages: Sequence[Message], areas: AreaIndex | Non
     escalations = [m.payload for m in messages if m.topic == TOPIC_ESCALATIONS]
     # Every transaction that may append to the alert feed takes its lock first.
     service.lock_feed(session)
+    deltas = statistics.Deltas()  # the area counts' changes: one write for the batch
     # Assessments first: a victim escalation is placed where its incident is.
     if assessments:
-        service.upsert_assessments(session=session, payloads=assessments, areas=areas)
+        service.upsert_assessments(
+            session=session, payloads=assessments, areas=areas, deltas=deltas
+        )
     if escalations:
-        new = service.record_escalations(session=session, payloads=escalations, areas=areas)
+        new = service.record_escalations(
+            session=session, payloads=escalations, areas=areas, deltas=deltas
+        )
         if new < len(escalations):
             log.debug("%d redelivered escalation(s) ignored", len(escalations) - new)
+    deltas.write(session)
 
 
 def _describe(exc: BaseException) -> str:

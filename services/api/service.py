@@ -157,14 +157,19 @@ def upsert_assessment(
 
 
 def upsert_assessments(
-    *, session: Session, payloads: Iterable[Mapping[str, Any]], areas: AreaIndex | None = None
+    *,
+    session: Session,
+    payloads: Iterable[Mapping[str, Any]],
+    areas: AreaIndex | None = None,
+    deltas: statistics.Deltas | None = None,
 ) -> int:
     """Upsert many assessments in order: for a repeated incident_id the last one wins.
 
     Each is placed in its district and ward (``areas``; default: the shipped boundaries),
     the area counts move by the difference between the old and the new row, and victim
     escalations that were waiting for this incident's place get it. Returns the number of
-    distinct incidents written.
+    distinct incidents written. ``deltas``: add the area counts' changes there, for the
+    caller to write (one write per transaction); by default they are written here.
     """
     now = datetime.now(tz=UTC)
     latest: dict[str, dict[str, Any]] = {}
@@ -192,12 +197,12 @@ def upsert_assessments(
             ).where(Assessment.incident_id.in_(list(latest)))
         )
     }
-    deltas = statistics.Deltas()
+    changes = statistics.Deltas() if deltas is None else deltas
     for row in rows:
         old = previous.get(row["incident_id"])
         if old is not None:
-            deltas.add_assessment(old, -1)
-        deltas.add_assessment(statistics.AssessmentFacts.of_dict(row), +1)
+            changes.add_assessment(old, -1)
+        changes.add_assessment(statistics.AssessmentFacts.of_dict(row), +1)
     insert = _insert_for(session, Assessment)
     if insert is None:  # another dialect: portable, row by row
         for row in rows:
@@ -208,8 +213,9 @@ def upsert_assessments(
         }
         stmt = insert.on_conflict_do_update(index_elements=["incident_id"], set_=updated)
         session.execute(stmt, rows)
-    _place_waiting_escalations(session, rows, deltas)
-    deltas.write(session)
+    _place_waiting_escalations(session, rows, changes)
+    if deltas is None:
+        changes.write(session)
     return len(rows)
 
 
@@ -305,13 +311,18 @@ def record_escalation(
 
 
 def record_escalations(
-    *, session: Session, payloads: Iterable[Mapping[str, Any]], areas: AreaIndex | None = None
+    *,
+    session: Session,
+    payloads: Iterable[Mapping[str, Any]],
+    areas: AreaIndex | None = None,
+    deltas: statistics.Deltas | None = None,
 ) -> int:
     """Apply escalation messages not seen before, in order; returns how many were new.
 
     A message is identified by its ``event_id`` when it has one, else by escalation id,
     event and level, so a redelivery changes nothing. ``raised`` creates the escalation
     (the first delivery wins); ``upgraded`` raises its level; ``closed`` closes it.
+    ``deltas``: as for :func:`upsert_assessments`.
     """
     now = datetime.now(tz=UTC)
     parsed = [_escalation_message(payload) for payload in payloads]
@@ -326,7 +337,7 @@ def record_escalations(
         )
     )
     index = areas or statistics.default_areas()
-    deltas = statistics.Deltas()
+    changes = statistics.Deltas() if deltas is None else deltas
     # One query each for the escalations already stored and the incidents' places.
     ids = list({m["escalation_id"] for m in parsed})
     stored = {
@@ -350,6 +361,7 @@ def record_escalations(
     new = 0
     appended: list[tuple[Escalation, EscalationEvent]] = []
     to_plan: list[Escalation] = []  # location escalations: a draft problem-solving plan each
+    schedules: dict[str, list[Review]] = {}  # escalation_id -> its reviews from now on
     for message in parsed:
         if message["event_key"] in seen:
             continue
@@ -361,25 +373,30 @@ def record_escalations(
             row = _new_escalation(message, now, index, places)
             stored[row.escalation_id] = row
             session.add(row)
-            deltas.add_escalation(row.raised_at, row.district_code, row.ward_code, +1)
+            changes.add_escalation(row.raised_at, row.district_code, row.ward_code, +1)
             kind = "raised"
             if row.subject_type == "location":
                 to_plan.append(row)
         else:
             kind = _apply_change(row, message)
-        _schedule_reviews(session, row, message["payload"])
+        schedule = _review_schedule(message["payload"])
+        if schedule is not None:
+            schedules.pop(row.escalation_id, None)  # the latest message's schedule wins
+            schedules[row.escalation_id] = schedule
         event = append_event(
             session, row, kind=kind, at=now, event_key=message["event_key"], flush=False
         )
         appended.append((row, event))
         new += 1
     _number_events(session, appended)
+    _replace_reviews(session, schedules)
     if to_plan:
         from services.api import plans  # plans reads this module: imported when needed
 
         for row in to_plan:
             plans.open_for_escalation(session, row)
-    deltas.write(session)
+    if deltas is None:
+        changes.write(session)
     return new
 
 
@@ -473,13 +490,14 @@ def _apply_change(row: Escalation, message: Mapping[str, Any]) -> str:
     return kind
 
 
-def _schedule_reviews(session: Session, row: Escalation, payload: Mapping[str, Any]) -> None:
-    """The review schedule a message's tasking carries replaces the escalation's."""
+def _review_schedule(payload: Mapping[str, Any]) -> list[Review] | None:
+    """The review schedule a message's tasking carries (None: it carries none, and the
+    escalation keeps its schedule). Raises :class:`PayloadError` for a malformed one."""
     tasking = payload.get("tasking")
     reviews = tasking.get("reviews") if isinstance(tasking, dict) else None
     if not isinstance(reviews, list):
-        return
-    session.execute(delete(Review).where(Review.escalation_id == row.escalation_id))
+        return None
+    schedule: list[Review] = []
     for item in reviews:
         if not isinstance(item, dict):
             continue
@@ -488,14 +506,24 @@ def _schedule_reviews(session: Session, row: Escalation, payload: Mapping[str, A
             due = _EPOCH + timedelta(microseconds=parse_timestamp(str(item["first_due_at"])))
         except (KeyError, ValueError) as exc:
             raise PayloadError(f"tasking.reviews: {exc}") from exc
-        session.add(
+        schedule.append(
             Review(
-                escalation_id=row.escalation_id,
-                rank=str(item.get("rank", "supervisor"))[:40],
-                every_seconds=every,
-                due_at=due,
+                rank=str(item.get("rank", "supervisor"))[:40], every_seconds=every, due_at=due
             )
         )
+    return schedule
+
+
+def _replace_reviews(session: Session, schedules: Mapping[str, list[Review]]) -> None:
+    """Each escalation's schedule in ``schedules`` replaces the one stored: one DELETE and
+    one flush for a whole batch (a DELETE per message flushed the batch's rows each time)."""
+    if not schedules:
+        return
+    session.execute(delete(Review).where(Review.escalation_id.in_(list(schedules))))
+    for escalation_id, schedule in schedules.items():
+        for review in schedule:
+            review.escalation_id = escalation_id
+            session.add(review)
 
 
 def get_escalation(*, session: Session, escalation_id: str) -> Escalation | None:

@@ -137,6 +137,38 @@ def test_record_escalation_is_idempotent(sessions: sessionmaker[Session]) -> Non
         assert stored.received_at.tzinfo is not None
 
 
+def test_the_latest_message_of_an_escalation_sets_its_review_schedule(
+    sessions: sessionmaker[Session],
+) -> None:
+    def reviews(*ranks: str) -> dict[str, Any]:
+        due = "2024-03-08T00:00:00Z"
+        items = [{"rank": r, "every": "7d", "first_due_at": due} for r in ranks]
+        return {"tasking": {"level": "high", "actions": [], "reviews": items}}
+
+    raised = escalation("victim", "r", "victim-28d", "2024-03-02T08:00:00Z") | reviews("sergeant")
+    upgraded = raised | {"event": "upgraded", "level": "high"} | reviews("inspector", "chief")
+    other = escalation("victim", "s", "victim-28d", "2024-03-02T08:00:00Z") | reviews("sergeant")
+
+    def ranks(escalation_id: str) -> list[str]:
+        with sessions() as session:
+            found = service.reviews_of(session=session, escalation_id=escalation_id)
+            return sorted(r.rank for r in found)
+
+    with sessions.begin() as session:  # raised and upgraded in one batch: the upgrade's wins
+        assert service.record_escalations(session=session, payloads=[raised, other, upgraded]) == 3
+    assert ranks(raised["escalation_id"]) == ["chief", "inspector"]
+    assert ranks(other["escalation_id"]) == ["sergeant"]
+    closed = {k: v for k, v in raised.items() if k not in ("tasking", "level")}
+    closed["event"] = "closed"
+    with sessions.begin() as session:  # a message without a schedule keeps the one stored
+        assert service.record_escalations(session=session, payloads=[closed]) == 1
+    assert ranks(raised["escalation_id"]) == ["chief", "inspector"]
+    again = raised | {"event": "upgraded", "level": "high", "event_id": "9" * 64}
+    with sessions.begin() as session:  # a later batch replaces it
+        assert service.record_escalations(session=session, payloads=[again]) == 1
+    assert ranks(raised["escalation_id"]) == ["sergeant"]
+
+
 def test_list_escalations_newest_first_filtered_and_limited(
     sessions: sessionmaker[Session],
 ) -> None:
