@@ -11,11 +11,13 @@ so that its ratios compare figures taken under the same load:
 * **worker alone** — on that pre-filled topic, ``asvat worker`` is started; time from its
   spawn until every incident has an assessment on ``asvat.assessments.v1`` (a cold start:
   process start, group join, rebuild from the topic, then the snapshot it publishes).
-* **(b) full path** — the same events (new ids) posted to ingest as NDJSON batches by
+* **(b) full path** — as many events of the next year (the demo's callers, times and codes
+  for 2023: the stream goes on, it does not repeat) posted to ingest as NDJSON batches by
   several poster processes (an ``ingest`` token), until a consumer in the bench has seen an
-  assessment for every incident. Also: when the last 202 came, and when the API's database
-  held them all. Then a second, profiled pass with half as many events while py-spy samples
-  the worker (its top frames are printed below the table).
+  assessment for every incident. Also: when the last 202 came, when the API's database held
+  them all, and the CPU seconds each process spent. Then a second, profiled pass with half
+  as many events of the year after while py-spy samples ``--profile`` (the worker by
+  default; its top frames are printed below the table).
 * **(c) latency** — a steady ``--rate`` events/s for ``--seconds`` s of repeat callers
   (each phone number reports five times within minutes, so the 3rd report raises a victim
   escalation and later ones may upgrade it), one event per request; an SSE client (viewer
@@ -63,13 +65,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.append(str(Path(__file__).resolve().parent))  # bench/ (machine.py, engine.py)
 
-from engine import HMAC_KEY, copies_of  # noqa: E402
+from engine import HMAC_KEY, copies_of, year_offset  # noqa: E402
 from machine import cpu_model  # noqa: E402
 
 from asvat.demo import northumbria_incidents  # noqa: E402
 from asvat.domain.identity import pseudonymise_event  # noqa: E402
 from asvat.domain.incident import IncidentEvent  # noqa: E402
-from asvat.domain.timeutil import format_timestamp, now_micros  # noqa: E402
+from asvat.domain.timeutil import format_timestamp, now_micros, parse_timestamp  # noqa: E402
 from asvat.embedded.broker import EmbeddedBroker, ensure_topics  # noqa: E402
 from asvat.settings import (  # noqa: E402
     TOPIC_ASSESSMENTS,
@@ -150,13 +152,21 @@ def cpu_seconds(pid: int) -> float:
 # --------------------------------------------------------------------------- workload
 
 
-def raw_events(count: int, prefix: str = "") -> list[dict[str, Any]]:
+def raw_events(count: int, prefix: str = "", year: int = 0) -> list[dict[str, Any]]:
     """The first ``count`` raw events of the Northumbria year (synthetic callers), with
-    ``prefix`` on their ids."""
-    events = northumbria_incidents(seed=2022)[:count]
+    ``prefix`` on their ids. ``year`` > 0: that many years later, with that year's own
+    callers, times and codes (the demo's seed + ``year``), so that a later phase continues
+    the stream as the next year would. (Posting the same events again under new ids put
+    every caller's reports twice at the same instants: each event then re-assessed twice
+    as many incidents, 4.5 times the worker's work per event of a real stream.)"""
+    events = northumbria_incidents(seed=2022 + year)[:count]
+    offset = year_offset(year)
     for event in events:
         event["event_id"] = prefix + event["event_id"]
         event["incident_id"] = prefix + event["incident_id"]
+        if offset:
+            for name in ("occurred_at", "reported_at"):
+                event[name] = format_timestamp(parse_timestamp(event[name]) + offset)
     return events
 
 
@@ -678,8 +688,8 @@ def throughput_phases(args: argparse.Namespace, work: Path, rows: list[Row]) -> 
                 count, seconds, note, f"{rate / ceiling_rate:.3f}",
                 f"≥ {TARGET_RATIO:.2f}" if not profiled else "—", phase.load()))
 
-        full_path("B-", raw_events(n, "B-"), profiled=False)
-        full_path("P-", raw_events(max(1, n // 2), "P-"), profiled=True)
+        full_path("B-", raw_events(n, "B-", year=1), profiled=False)
+        full_path("P-", raw_events(max(1, n // 2), "P-", year=2), profiled=True)
 
         # (c) latency to an SSE client.
         rows.extend(latency(args, pipeline, work))
