@@ -11,26 +11,16 @@ kafka-python compute it), so:
   ``subject_key`` (a victim key or a location key).
 
 A worker publishes an output when it owns that partition of ``asvat.incidents.v1``; the
-replica also sends each output to that partition of its own topic itself (``Replica._send_all``
-uses :meth:`Ownership.key_hash`, so each key is hashed once). Pure: no Kafka here.
+replica also sends each output to that partition of its own topic itself
+(:mod:`asvat.record_batches`, with :meth:`Ownership.key_hash`, so each key is hashed once).
+Pure: no Kafka here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from kafka.partitioner.default import murmur2
-
-
-def key_hash(key: str) -> int:
-    """What Kafka's default partitioner computes of ``key`` (UTF-8) before taking it modulo
-    the number of partitions: murmur2, made non-negative."""
-    return int(murmur2(key.encode("utf-8")) & 0x7FFFFFFF)
-
-
-def partition_of(key: str, partitions: int) -> int:
-    """The partition Kafka's default partitioner gives ``key`` (UTF-8) among ``partitions``."""
-    return key_hash(key) % partitions
+from asvat.record_batches import key_hash
 
 
 class Ownership:

@@ -46,7 +46,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from operator import itemgetter
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -58,6 +58,7 @@ from asvat.domain.incident import IncidentEvent
 from asvat.domain.policy import Policy
 from asvat.domain.timeutil import now_micros, parse_timestamp
 from asvat.embedded.broker import ensure_all_topics, parse_bootstrap
+from asvat.record_batches import Record, send_batches
 from asvat.settings import (
     TOPIC_ASSESSMENTS,
     TOPIC_CASE_REVIEWS,
@@ -82,9 +83,6 @@ from services.repeat_detector.messages import (
 from services.repeat_detector.metrics import NO_RULE, WorkerMetrics, level_of
 from services.repeat_detector.ownership import Ownership
 
-if TYPE_CHECKING:
-    from aiokafka.producer.message_accumulator import BatchBuilder
-
 log = logging.getLogger("asvat.worker")
 
 #: Records read per poll, and the longest wait for them.
@@ -98,7 +96,6 @@ IN_STEP_US = 3_600 * 1_000_000
 #: Longest wait for the broker to acknowledge one batch of outputs before starting over.
 PUBLISH_TIMEOUT_S = 30.0
 
-Record = tuple[str, str, bytes]  # (topic, key, value); the key is sent UTF-8 encoded
 #: What the per-batch log line calls the records of each topic, in its order.
 TOPIC_NOUNS = {
     TOPIC_ASSESSMENTS: "assessments",
@@ -164,27 +161,6 @@ def published_summary(records: Iterable[Record]) -> str:
              if topic in by_topic]
     kinds += [f"{count} on {topic}" for topic, count in sorted(by_topic.items())]
     return f"published {total} record{'' if total == 1 else 's'}: {', '.join(kinds)}"
-
-
-def sort_by_partition(
-    records: Iterable[Record], key_hash: Callable[[str], int], partitions: dict[str, list[int]]
-) -> dict[tuple[str, int], list[Record]]:
-    """The records per (topic, partition), each list in the records' order. A record goes to
-    the partition Kafka's default partitioner (aiokafka's, the Java client's) gives its key:
-    ``sorted partitions[hash(key) % len(partitions)]``, ``key_hash`` being murmur2 of the
-    UTF-8 key made non-negative (``ownership.key_hash``); ``partitions``: every topic's
-    partition ids, sorted."""
-    grouped: dict[tuple[str, int], list[Record]] = {}
-    for record in records:
-        topic, key, _value = record
-        ids = partitions[topic]
-        tp = (topic, ids[key_hash(key) % len(ids)])
-        found = grouped.get(tp)
-        if found is None:
-            grouped[tp] = [record]
-        else:
-            found.append(record)
-    return grouped
 
 
 class Replica:
@@ -708,42 +684,12 @@ class Replica:
         pending.escalations.clear()
 
     async def _send_all(self, records: list[Record]) -> None:
-        """Send ``records`` and return once the broker acknowledged every one (acks=all).
-
-        Not one ``producer.send`` per record (a coroutine, a metadata look-up, the
-        partitioner and a future each): the records are grouped per topic partition here,
-        each on the partition ``producer.send`` would choose (:func:`sort_by_partition`,
-        its key's hash remembered by the ownership), and each group goes as one or more
-        record batches in order. Only one batch per partition is queued at a time (aiokafka
-        waits for the previous one to be drained into a request) and a partition has at most
-        one request in flight, so a partition's records reach the broker in order.
-        """
-        producer = self._producer
-        assert producer is not None
-        partitions: dict[str, list[int]] = {}
-        for topic in {record[0] for record in records}:
-            partitions[topic] = sorted(await producer.partitions_for(topic))
-        batches: dict[tuple[str, int], list[BatchBuilder]] = {}
-        for tp, group in sort_by_partition(records, self.ownership.key_hash, partitions).items():
-            builder = producer.create_batch()
-            batches[tp] = [builder]
-            for _topic, key, value in group:
-                if builder.append(key=key.encode(), value=value, timestamp=None) is None:
-                    builder = producer.create_batch()  # full (max_batch_size): start another
-                    batches[tp].append(builder)
-                    builder.append(key=key.encode(), value=value, timestamp=None)
-        futures = []
-        # Every partition's first batch, then every second one, …: sending a partition's
-        # next batch waits until its previous one is on its way.
-        for n in range(max(map(len, batches.values()), default=0)):
-            for (topic, partition), built in batches.items():
-                if n < len(built):
-                    built[n].close()  # complete: no lingering for more records
-                    futures.append(await producer.send_batch(built[n], topic, partition=partition))
-        results = await asyncio.gather(*futures, return_exceptions=True)
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
+        """Send ``records`` and return once the broker acknowledged every one (acks=all),
+        each on the partition ``producer.send`` would choose, as record batches
+        (:func:`~asvat.record_batches.send_batches`; each key hashed once, by the
+        ownership)."""
+        assert self._producer is not None
+        await send_batches(self._producer, records, self.ownership.key_hash)
 
     async def _restart_producer(self) -> None:
         old = self._producer

@@ -15,8 +15,9 @@ from aiokafka.partitioner import DefaultPartitioner
 
 from asvat.domain.detector import Detector
 from asvat.domain.policy import default_policy
+from asvat.record_batches import partition_of
 from services.repeat_detector.health import Progress, verdict
-from services.repeat_detector.ownership import Ownership, partition_of
+from services.repeat_detector.ownership import Ownership
 from tests.unit.test_detector import DAY, event
 
 
