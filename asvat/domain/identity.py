@@ -246,10 +246,21 @@ def _national_digits(phone: str, region: str) -> str:
     """The digits every spelling of ``phone`` ends with (its national significant number
     where it parses, else its digits)."""
     try:
-        number = phonenumbers.parse(normalise_phone(phone, region))
-    except (IdentityError, phonenumbers.NumberParseException):
+        e164 = normalise_phone(phone, region)  # remembered from the caller's victim key
+    except IdentityError:
         return re.sub(r"\D", "", phone)
-    return str(number.national_number)
+    return national_number_of(e164)
+
+
+def national_number_of(e164: str) -> str:
+    """What ``phonenumbers.parse(e164).national_number`` gives (as text) for a valid E.164
+    number, without parsing it again: the digits after its country code (country codes
+    are prefix-free), leading zeros dropped as the library drops them."""
+    digits = e164[1:]
+    for size in (1, 2, 3):
+        if int(digits[:size]) in phonenumbers.COUNTRY_CODE_TO_REGION_CODE:
+            return str(int(digits[size:]))
+    return str(phonenumbers.parse(e164).national_number)
 
 
 _NOT_DIGITS = re.compile(r"\D+")

@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import phonenumbers
 import pytest
 
 from asvat.domain.identity import (
+    national_number_of,
     normalise_name,
     pseudonymise_event,
     redact_free_text,
@@ -133,3 +135,32 @@ def test_pseudonymised_event_has_its_free_text_redacted_and_the_input_kept() -> 
 def test_an_already_pseudonymised_event_is_left_alone() -> None:
     done = {"event_id": "e", "victim_key": "a" * 64, "description": "ring 07412 345678"}
     assert pseudonymise_event(done, KEY, "k1") == done
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        phonenumbers.PhoneNumberType.MOBILE,
+        phonenumbers.PhoneNumberType.FIXED_LINE,
+        phonenumbers.PhoneNumberType.TOLL_FREE,
+    ],
+)
+def test_the_national_number_comes_from_the_e164_form_as_the_library_parses_it(
+    kind: int,
+) -> None:
+    """Every region's example numbers (Italy's leading zero included), and the
+    non-geographic ones: the country code found by prefix, not by parsing again."""
+    regions = phonenumbers.SUPPORTED_REGIONS
+    numbers = [phonenumbers.example_number_for_type(r, kind) for r in regions]
+    numbers += [
+        phonenumbers.example_number_for_non_geo_entity(code)
+        for code in phonenumbers.COUNTRY_CODES_FOR_NON_GEO_REGIONS
+    ]
+    checked = 0
+    for number in numbers:
+        if number is None:
+            continue
+        e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+        assert national_number_of(e164) == str(phonenumbers.parse(e164).national_number), e164
+        checked += 1
+    assert checked > 150  # regions without an example of the kind are skipped
