@@ -28,6 +28,7 @@ from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 
 from asvat.auth import AuthUnavailable, Principal, allows, lookup, lookup_engine
+from asvat.contracts import loads_json
 from asvat.domain.policy import Policy
 from asvat.domain.timeutil import format_timestamp, now_micros
 from asvat.keys import load_key_ring
@@ -139,7 +140,8 @@ def _reject_constant(name: str) -> Any:
 
 
 def _loads(text: str | bytes) -> Any:
-    return json.loads(text, parse_constant=_reject_constant)
+    """``json.loads`` refusing NaN and Infinity (orjson where it reads the same)."""
+    return loads_json(text, parse_constant=_reject_constant)
 
 
 def _json_problem(exc: ValueError) -> str:
@@ -339,7 +341,7 @@ def create_app(
 
         ingested_at = format_timestamp(now_us)
         valid: list[dict[str, Any]] = records
-        prepared = [submission.pseudonymise(r, ingested_at=ingested_at) for r in valid]
+        prepared = submission.pseudonymise_all(valid, ingested_at=ingested_at)
         out: list[tuple[str, bytes]] = [(item.key, item.value) for item in prepared]
 
         started = time.perf_counter()

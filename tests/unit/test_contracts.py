@@ -16,6 +16,7 @@ from asvat.contracts import (
     SCHEMA_DIR,
     FieldError,
     load_schema,
+    loads_json,
     validate_against,
     validate_incident,
 )
@@ -402,3 +403,34 @@ def test_fast_validator_accepts_every_example(path: Path) -> None:
 
     name = "incident.v1" if path.parent.name == "incident.v1" else "incident.pseudonymised.v1"
     assert _fast_validator(name).is_valid(load(path))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"sequence": 123456789012345678901234567890}',  # orjson alone: a float
+        '{"sequence": 18446744073709551616}',
+        '{"sequence": -9223372036854775809}',
+        '{"lat": 1e400}',  # orjson refuses, json: inf
+        '"\\ud800"',  # a lone surrogate: orjson refuses, json reads it
+        '{"a": 1, "a": 2}',
+        '{"x": 0.1, "y": -0.0, "z": 1E5, "w": [true, null, "é"]}',
+        '{"sequence": 9007199254740993}',
+    ],
+)
+def test_loads_json_reads_what_json_loads_reads(text: str) -> None:
+    expected = json.loads(text)
+    for raw in (text, text.encode()):
+        found = loads_json(raw)
+        assert repr(found) == repr(expected)
+        assert type(found) is type(expected)
+
+
+def test_loads_json_passes_json_options_for_what_orjson_refuses() -> None:
+    def refuse(name: str) -> None:
+        raise ValueError(f"{name} is not valid JSON")
+
+    with pytest.raises(ValueError, match="NaN is not valid JSON"):
+        loads_json('{"lat": NaN}', parse_constant=refuse)
+    with pytest.raises(json.JSONDecodeError):
+        loads_json('{"lat": ', parse_constant=refuse)
