@@ -45,6 +45,18 @@ class Place:
         return (lat, lon)
 
 
+def bng_to_wgs84_many(
+    eastings: Sequence[float], northings: Sequence[float]
+) -> tuple[list[float], list[float]]:
+    """``(lats, lons)`` of many grid points, converted in one call to PROJ (each number is
+    what :meth:`Place.to_wgs84` gives for the point: PROJ converts a batch point by point
+    with the same pipeline)."""
+    if not eastings:
+        return [], []
+    lons, lats = _TO_WGS84.transform(list(eastings), list(northings))
+    return list(lats), list(lons)
+
+
 def wgs84_to_bng(lat: float, lon: float) -> tuple[float, float]:
     """``(easting, northing)`` in metres for a WGS84 point."""
     easting, northing = _TO_BNG.transform(lon, lat)

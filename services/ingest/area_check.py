@@ -15,7 +15,7 @@ record is published as it is, and ingest counts a warning
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ import shapely
 from shapely.geometry import shape
 from shapely.geometry.base import BaseGeometry
 
-from asvat.domain.location import Place
+from asvat.domain.location import bng_to_wgs84_many
 
 OUTSIDE_UK = "outside_uk"
 OUTSIDE_FORCE_AREA = "outside_force_area"
@@ -57,25 +57,46 @@ class AreaCheck:
 
     def warnings(self, location: Any) -> tuple[str, ...]:
         """``()`` for a point inside the force area, else the checks it fails (one)."""
-        point = _lat_lon(location)
-        if point is None:
-            return ()
-        lat, lon = point
-        if not (_UK_LAT[0] <= lat <= _UK_LAT[1] and _UK_LON[0] <= lon <= _UK_LON[1]):
-            return (OUTSIDE_UK,)
-        if not shapely.contains_xy(self._area, lon, lat):  # no Point object: 5x faster
-            return (OUTSIDE_FORCE_AREA,)
-        return ()
+        return self.warnings_many([location])[0]
 
-
-def _lat_lon(location: Any) -> tuple[float, float] | None:
-    if not isinstance(location, Mapping):
-        return None
-    try:
-        if "easting" in location and "northing" in location:
-            return Place(float(location["easting"]), float(location["northing"])).to_wgs84()
-        if "lat" in location and "lon" in location:
-            return float(location["lat"]), float(location["lon"])
-    except (TypeError, ValueError):
-        return None
-    return None
+    def warnings_many(self, locations: Sequence[Any]) -> list[tuple[str, ...]]:
+        """:meth:`warnings` of each location, in order: the grid points converted in one
+        call to PROJ and every point tested against the area in one call to GEOS."""
+        out: list[tuple[str, ...]] = [()] * len(locations)
+        grid: list[int] = []
+        eastings: list[float] = []
+        northings: list[float] = []
+        given: dict[int, tuple[float, float]] = {}
+        for index, location in enumerate(locations):
+            if not isinstance(location, Mapping):
+                continue
+            try:
+                if "easting" in location and "northing" in location:
+                    easting, northing = float(location["easting"]), float(location["northing"])
+                    grid.append(index)
+                    eastings.append(easting)
+                    northings.append(northing)
+                elif "lat" in location and "lon" in location:
+                    given[index] = (float(location["lat"]), float(location["lon"]))
+            except (TypeError, ValueError):
+                continue
+        points = dict(given)
+        for index, lat, lon in zip(grid, *bng_to_wgs84_many(eastings, northings), strict=True):
+            points[index] = (lat, lon)
+        inside_uk = [
+            index
+            for index, (lat, lon) in points.items()
+            if _UK_LAT[0] <= lat <= _UK_LAT[1] and _UK_LON[0] <= lon <= _UK_LON[1]
+        ]
+        for index in points.keys() - set(inside_uk):
+            out[index] = (OUTSIDE_UK,)
+        if inside_uk:
+            inside = shapely.contains_xy(
+                self._area,
+                [points[index][1] for index in inside_uk],
+                [points[index][0] for index in inside_uk],
+            )
+            for index, found in zip(inside_uk, inside, strict=True):
+                if not found:
+                    out[index] = (OUTSIDE_FORCE_AREA,)
+        return out

@@ -155,13 +155,27 @@ class Submission:
 
     def pseudonymise(self, record: Mapping[str, Any], *, ingested_at: str) -> Accepted:
         """The published form of a valid record (``caller`` replaced by ``victim_key``)."""
+        return self.pseudonymise_all([record], ingested_at=ingested_at)[0]
+
+    def pseudonymise_all(
+        self, records: Sequence[Mapping[str, Any]], *, ingested_at: str
+    ) -> list[Accepted]:
+        """:meth:`pseudonymise` of each valid record, their places checked in one go."""
         keys = self.keys
-        event = pseudonymise_event(record, keys.key, keys.key_id, previous=keys.previous)
-        pseudonymise_recorder(event, keys.key)  # recorded_by.operator_id -> operator_key
-        event["ingested_at"] = ingested_at
-        value = json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-        warnings = self.area_check.warnings(record.get("location")) if self.area_check else ()
-        return Accepted(str(record["event_id"]), str(record["incident_id"]), value, warnings)
+        if self.area_check is not None:
+            warnings = self.area_check.warnings_many([r.get("location") for r in records])
+        else:
+            warnings = [()] * len(records)
+        accepted: list[Accepted] = []
+        for record, warned in zip(records, warnings, strict=True):
+            event = pseudonymise_event(record, keys.key, keys.key_id, previous=keys.previous)
+            pseudonymise_recorder(event, keys.key)  # recorded_by.operator_id -> operator_key
+            event["ingested_at"] = ingested_at
+            value = json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+            accepted.append(
+                Accepted(str(record["event_id"]), str(record["incident_id"]), value, warned)
+            )
+        return accepted
 
     def submit(
         self, records: Sequence[Any], *, now_us: int | None = None
@@ -172,15 +186,15 @@ class Submission:
         """
         now = now_micros() if now_us is None else now_us
         ingested_at = format_timestamp(now)
-        accepted: list[Accepted] = []
+        valid: list[Mapping[str, Any]] = []
         rejected: list[Rejected] = []
         for record in records:
             found = self.problems(record, now_us=now)
             if found:
                 rejected.append(Rejected(record, tuple(found)))
             else:
-                accepted.append(self.pseudonymise(record, ingested_at=ingested_at))
-        return accepted, rejected
+                valid.append(record)
+        return self.pseudonymise_all(valid, ingested_at=ingested_at), rejected
 
 
 def _pre_pseudonymised(record: Any) -> bool:

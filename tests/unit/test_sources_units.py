@@ -171,6 +171,37 @@ def test_a_future_date_is_rejected_and_a_far_away_point_only_flagged() -> None:
     assert future.reason == "future_time"
 
 
+
+def test_places_checked_together_get_what_each_gets_alone() -> None:
+    from services.ingest.area_check import AreaCheck
+
+    check = AreaCheck()
+    locations = [
+        {"easting": 424944, "northing": 564696},  # Newcastle, in the grid
+        {"lat": 54.9783, "lon": -1.6178},  # Newcastle
+        {"easting": 429000, "northing": 433500},  # Leeds, in the grid
+        {"lat": 53.8008, "lon": -1.5491},  # Leeds
+        {"lat": 48.8566, "lon": 2.3522},  # Paris
+        {"uprn": "1000123"},  # no point: nothing to check
+        None,
+        {"easting": "not a number", "northing": 1},
+        {"easting": 424944, "northing": 564696, "lat": 48.8566, "lon": 2.3522},  # grid first
+    ]
+    expected = [
+        (),
+        (),
+        ("outside_force_area",),
+        ("outside_force_area",),
+        ("outside_uk",),
+        (),
+        (),
+        (),
+        (),
+    ]
+    assert check.warnings_many(locations) == expected
+    assert [check.warnings(location) for location in locations] == expected
+    assert check.warnings_many([]) == []
+
 # ----------------------------------------------------------------------------- police.uk
 
 
