@@ -552,7 +552,7 @@ class Profiler:
             print("py-spy is not installed (make bench-pipeline installs it)", flush=True)
             return
         self.process = subprocess.Popen(
-            [str(py_spy), "record", "--pid", str(pid), "--rate", "100", "--nonblocking",
+            [str(py_spy), "record", "--pid", str(pid), "--rate", "100", "--nonblocking", "--gil",
              "--format", "raw", "--output", str(out), "--duration", "3600"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
