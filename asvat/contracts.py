@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -357,8 +356,10 @@ _PLACE_FAILED = Place(math.nan, math.nan)
 
 
 #: Integers beyond 64 bits have at least 19 digits: orjson reads them as floats, not ints.
-_LONG_DIGITS_TEXT = re.compile(r"\d{19}")
-_LONG_DIGITS_BYTES = re.compile(rb"\d{19}")
+#: Found by mapping every ASCII digit to "9" and every other byte to " " (``bytes.translate``
+#: is C: a tenth of the cost of a regular expression's search, which cost more than parsing).
+_DIGIT_RUNS = bytes(0x39 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))
+_LONG_RUN = b"9" * 19
 
 
 def loads_json(raw: bytes | str, **json_options: Any) -> Any:
@@ -368,8 +369,8 @@ def loads_json(raw: bytes | str, **json_options: Any) -> Any:
     and reads integers beyond 64 bits as floats (a text with a run of 19 digits goes to
     ``json`` without trying). ``json_options`` (``parse_constant``…) apply only to what
     orjson refuses: NaN and Infinity are among those."""
-    long_digits = _LONG_DIGITS_BYTES if isinstance(raw, bytes) else _LONG_DIGITS_TEXT
-    if not long_digits.search(raw):  # type: ignore[arg-type]
+    data = raw if isinstance(raw, bytes) else raw.encode("utf-8", "surrogatepass")
+    if _LONG_RUN not in data.translate(_DIGIT_RUNS):
         try:
             return orjson.loads(raw)
         except orjson.JSONDecodeError:
