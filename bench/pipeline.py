@@ -13,12 +13,14 @@ so that its ratios compare figures taken under the same load:
   spawn until every incident has an assessment on ``asvat.assessments.v1`` (a cold start:
   process start, group join, rebuild from the topic, then the snapshot it publishes).
 * **(b) full path** — as many events of the next year (the demo's callers, times and codes
-  for 2023: the stream goes on, it does not repeat) posted to ingest as NDJSON batches by
-  several poster processes (an ``ingest`` token), until a consumer in the bench has seen an
-  assessment for every incident. Also: when the last 202 came, when the API's database held
-  them all, and the CPU seconds each process spent. Then a second, profiled pass with half
-  as many events of the year after while py-spy samples ``--profile`` (the worker by
-  default; its top frames are printed below the table).
+  for 2023, then 2024…: the stream goes on, it does not repeat) posted to ingest as NDJSON
+  batches by several poster processes (an ``ingest`` token), until a consumer in the bench
+  has seen an assessment for every incident. Also: when the last 202 came, when the API's
+  database held them all, and the CPU seconds each process spent. ``--passes`` passes (3),
+  each with the next year's events, each started once the API has stored the last: the
+  figure is their median. Then a profiled pass with half as many events of the year after
+  while py-spy samples ``--profile`` (the worker by default; its top frames are printed
+  below the table).
 * **(c) latency** — a steady ``--rate`` events/s for ``--seconds`` s of repeat callers
   (each phone number reports five times within minutes, so the 3rd report raises a victim
   escalation and later ones may upgrade it), one event per request; an SSE client (viewer
@@ -640,7 +642,9 @@ def throughput_phases(args: argparse.Namespace, work: Path, rows: list[Row]) -> 
         pipeline.start("api")
         pipeline.wait_ready("ingest", "api")
 
-        def full_path(prefix: str, events: list[dict[str, Any]], profiled: bool) -> None:
+        def full_path(
+            prefix: str, events: list[dict[str, Any]], profiled: bool, label: str
+        ) -> float:
             assert counter is not None
             nonlocal profile
             counter.expect(str(e["incident_id"]).encode() for e in events)
@@ -660,7 +664,6 @@ def throughput_phases(args: argparse.Namespace, work: Path, rows: list[Row]) -> 
             for process in posters:
                 process.start()
             worker_pid = pipeline.pid("worker-a")
-            label = "(b) profiled pass" if profiled else "(b) full path"
             phase = Phase(label)
             profiler = (
                 Profiler(pipeline.pid(args.profile), work / f"py-spy-{prefix}.txt")
@@ -690,11 +693,22 @@ def throughput_phases(args: argparse.Namespace, work: Path, rows: list[Row]) -> 
                 note += f"; py-spy sampling {args.profile}"
             rows.append(Row(
                 f"{label}: {args.posters} posters × NDJSON {args.batch} → all assessed",
-                count, seconds, note, f"{rate / ceiling_rate:.3f}",
-                f"≥ {TARGET_RATIO:.2f}" if not profiled else "—", phase.load()))
+                count, seconds, note, f"{rate / ceiling_rate:.3f}", "—", phase.load()))
+            return rate
 
-        full_path("B-", raw_events(n, "B-", year=1), profiled=False)
-        full_path("P-", raw_events(max(1, n // 2), "P-", year=2), profiled=True)
+        # Passes vary by a tenth or more from one to the next on a shared 2-core machine:
+        # the figure is their median. Each pass starts once the API has stored the last.
+        rates = []
+        for k in range(1, args.passes + 1):
+            events = raw_events(n, f"B{k}-", year=k)
+            rates.append(full_path(f"B{k}-", events, False, f"(b) full path, pass {k}"))
+        median = sorted(rates)[len(rates) // 2]
+        rows.append(Row(
+            f"(b) full path: median of {len(rates)} passes", n * len(rates), 0.0,
+            f"{median:,.0f} events/s (passes: {', '.join(f'{r:,.0f}' for r in rates)})",
+            f"{median / ceiling_rate:.3f}", f"≥ {TARGET_RATIO:.2f}", "—"))
+        year = args.passes + 1
+        full_path("P-", raw_events(max(1, n // 2), "P-", year=year), True, "(b) profiled pass")
 
         # (c) latency to an SSE client.
         rows.extend(latency(args, pipeline, work))
@@ -889,6 +903,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=40_000, help="events for (a) and (b)")
     parser.add_argument("--replay-events", type=int, default=2_000_000)
     parser.add_argument("--posters", type=int, default=4, help="posting processes in (b)")
+    parser.add_argument("--passes", type=int, default=3, help="(b) passes (odd: a median)")
     parser.add_argument("--batch", type=int, default=200, help="events per NDJSON request")
     parser.add_argument("--rate", type=float, default=100.0, help="events/s in (c)")
     parser.add_argument("--seconds", type=float, default=60.0, help="length of (c)")
