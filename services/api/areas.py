@@ -30,6 +30,8 @@ from asvat.domain.location import Place
 
 UNASSIGNED = "unassigned"
 REFERENCE = ("reference", "northumbria")
+#: Location keys whose place :meth:`AreaIndex.locate_keys` remembers (then it starts over).
+LOCATED_CACHE_SIZE = 200_000
 
 
 class BoundaryError(ValueError):
@@ -137,6 +139,7 @@ class AreaIndex:
         self.by_code: dict[tuple[str, str], Area] = {
             (a.level, a.code): a for layer in (self.districts, self.wards) for a in layer.areas
         }
+        self._located: dict[str, Located] = {}  # location key -> where (locate_keys)
 
     @classmethod
     def from_settings(cls, districts: Path | None, wards: Path | None) -> AreaIndex:
@@ -189,7 +192,19 @@ class AreaIndex:
         return list(zip(self.districts.locate(points), self.wards.locate(points), strict=True))
 
     def locate_keys(self, keys: Sequence[str | None]) -> list[Located]:
-        """Where each location key lies (:data:`NOWHERE` for uprn keys and None)."""
+        """Where each location key lies (:data:`NOWHERE` for uprn keys and None).
+
+        Remembered per key (a key is a grid point: the same places come back again and
+        again, and each new one costs a point-in-polygon test against every ward)."""
+        known = self._located
+        new = [k for k in dict.fromkeys(keys) if k is not None and k not in known]
+        if new:
+            if len(known) + len(new) > LOCATED_CACHE_SIZE:
+                known.clear()
+            known.update(zip(new, self._locate_new_keys(new), strict=True))
+        return [NOWHERE if key is None else known.get(key, NOWHERE) for key in keys]
+
+    def _locate_new_keys(self, keys: Sequence[str]) -> list[Located]:
         out: list[Located] = [NOWHERE] * len(keys)
         grid: list[tuple[int, int, int]] = []
         for index, key in enumerate(keys):

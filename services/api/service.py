@@ -358,6 +358,15 @@ def record_escalations(
             Assessment.incident_id.in_(incidents)
         )
         places = {incident: key for incident, key in session.execute(query).all()}
+    # Where each escalation not yet stored lies, found in one look-up for the batch (one
+    # per escalation cost ~0.15 ms each in the area index).
+    new_keys = {
+        key
+        for m in parsed
+        if m["escalation_id"] not in stored
+        and (key := _escalation_location_key(m["payload"], places)) is not None
+    }
+    located = dict(zip(new_keys, index.locate_keys(list(new_keys)), strict=True))
     new = 0
     appended: list[tuple[Escalation, EscalationEvent]] = []
     to_plan: list[Escalation] = []  # location escalations: a draft problem-solving plan each
@@ -370,7 +379,7 @@ def record_escalations(
         if row is None:
             if message["kind"] == "closed":
                 continue  # nothing to close here (it was never raised to this database)
-            row = _new_escalation(message, now, index, places)
+            row = _new_escalation(message, now, located, places)
             stored[row.escalation_id] = row
             session.add(row)
             changes.add_escalation(row.raised_at, row.district_code, row.ward_code, +1)
@@ -421,10 +430,21 @@ def _escalation_message(payload: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def _escalation_location_key(
+    payload: Mapping[str, Any], places: Mapping[str, str | None]
+) -> str | None:
+    """A location escalation's subject, or the place of a victim escalation's incident."""
+    if payload.get("subject_type") == "location":
+        subject_key = payload.get("subject_key")
+        return subject_key if isinstance(subject_key, str) and subject_key else None
+    incident_id = payload.get("incident_id")
+    return places.get(incident_id) if isinstance(incident_id, str) else None
+
+
 def _new_escalation(
     message: Mapping[str, Any],
     now: datetime,
-    areas: AreaIndex,
+    located: Mapping[str, Located],
     places: Mapping[str, str | None],
 ) -> Escalation:
     payload = message["payload"]
@@ -432,10 +452,8 @@ def _new_escalation(
     subject_key = _text(payload, "subject_key")
     incident_id = _text(payload, "incident_id")
     raised_at = _timestamp(payload, "raised_at" if "raised_at" in payload else "at")
-    location_key = subject_key if subject_type == "location" else None
-    if location_key is None:
-        location_key = places.get(incident_id)
-    where = areas.locate_keys([location_key])[0] if location_key else NOWHERE
+    location_key = _escalation_location_key(payload, places)
+    where = located.get(location_key, NOWHERE) if location_key else NOWHERE
     level = message["level"]
     score = payload.get("risk_score")
     rule = payload.get("rule_id")

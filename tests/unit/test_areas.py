@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -45,6 +46,20 @@ def test_location_keys_grid_points_are_placed_uprns_are_not(areas: AreaIndex) ->
         )
     assert far.easting == 0 and far.district_code == UNASSIGNED
 
+
+
+def test_remembered_places_are_the_places(areas: AreaIndex, monkeypatch: Any) -> None:
+    """A key asked again (in one call or a later one) is answered from memory, and the
+    memory starts over when full, with the same answers."""
+    keys = ["bng:424560:564921", "uprn:1", None, "bng:424560:564921", "bng:400000:600000"]
+    first = areas.locate_keys(keys)
+    assert first[0] == first[3]
+    monkeypatch.setattr(areas, "_locate_new_keys", lambda new: pytest.fail(f"located {new}"))
+    assert areas.locate_keys(list(reversed(keys))) == list(reversed(first))
+    monkeypatch.undo()
+    monkeypatch.setattr("services.api.areas.LOCATED_CACHE_SIZE", 1)
+    assert areas.locate_keys(keys) == first
+    assert areas.locate_keys(["bng:1:1"])[0].district_code == UNASSIGNED
 
 def test_every_ward_knows_its_district(areas: AreaIndex) -> None:
     districts = set(areas.codes("district"))
