@@ -143,11 +143,9 @@ class KafkaPublisher:
             self._loop = self._thread = None
         if loop is None or thread is None:
             return
-        stopped = asyncio.run_coroutine_threadsafe(self._stop_producer(2.0), loop)
-        try:
-            stopped.result(timeout=5.0)
-        except (concurrent.futures.TimeoutError, KafkaError, OSError) as exc:
-            log.warning("Kafka producer closed with unacknowledged records (dropped): %s", exc)
+        failed = self._stop_producer_on(loop, 2.0)
+        if failed is not None:
+            log.warning("Kafka producer closed with unacknowledged records (dropped): %s", failed)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout=5.0)
 
@@ -208,11 +206,21 @@ class KafkaPublisher:
         loop = self._loop
         if loop is None:
             return
-        stopped = asyncio.run_coroutine_threadsafe(self._stop_producer(5.0), loop)
+        failed = self._stop_producer_on(loop, 5.0)
+        if failed is not None:
+            log.info("the failed producer did not stop cleanly: %s", failed)
+
+    def _stop_producer_on(
+        self, loop: asyncio.AbstractEventLoop, timeout: float
+    ) -> Exception | None:
+        """Stop the producer on its loop, waiting at most about ``2 × timeout``; the error if
+        it did not stop cleanly."""
+        stopped = asyncio.run_coroutine_threadsafe(self._stop_producer(timeout), loop)
         try:
-            stopped.result(timeout=10.0)
+            stopped.result(timeout=2 * timeout)
         except (concurrent.futures.TimeoutError, KafkaError, OSError) as exc:
-            log.info("the failed producer did not stop cleanly: %s", exc)
+            return exc
+        return None
 
     async def _stop_producer(self, timeout: float) -> None:
         producer, self._producer = self._producer, None
