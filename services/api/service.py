@@ -237,15 +237,17 @@ def _place_waiting_escalations(
     by_incident = {r["incident_id"]: r for r in rows if r["location_key"] is not None}
     if not by_incident:
         return
-    # By incident only, the rest tested here: with ``subject_type = 'victim'`` in the query
-    # SQLite chose the (subject_type, subject_key) index and read half the table, 19 ms a
-    # batch at 70,000 escalations, instead of the few rows of these incidents.
+    # The subject type is tested here, not in the query: with ``subject_type = 'victim'``
+    # in it SQLite chose the (subject_type, subject_key) index and read half the table,
+    # 19 ms a batch at 70,000 escalations, instead of the few rows of these incidents.
     waiting = [
         escalation
         for escalation in session.scalars(
-            select(Escalation).where(Escalation.incident_id.in_(list(by_incident)))
+            select(Escalation).where(
+                Escalation.incident_id.in_(list(by_incident)), Escalation.location_key.is_(None)
+            )
         )
-        if escalation.subject_type == "victim" and escalation.location_key is None
+        if escalation.subject_type == "victim"
     ]
     if not waiting:
         return
