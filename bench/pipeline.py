@@ -93,14 +93,6 @@ TARGET_REPLAY_S = 300.0
 FULL_REPLAY = 2_000_000
 PARTITIONS = 4
 
-
-def first_year(passes: int) -> int:
-    """The throughput phases' first year, as an offset from the demo's 2022: (a)'s events,
-    then a year for each (b) pass, the pass without the API and the profiled pass, the last
-    of them last year. All must lie in the past (ingest refuses the future) and the passes
-    within the policy's six years of retention (the API deletes older incidents, and the
-    bench waits for the API to hold each pass's): so at most four passes."""
-    return datetime.now(tz=UTC).year - (passes + 3) - 2022
 Message = tuple[bytes, bytes]  # (key, value)
 
 
@@ -165,6 +157,15 @@ def cpu_seconds(pid: int) -> float:
 
 
 # --------------------------------------------------------------------------- workload
+
+
+def first_year(passes: int) -> int:
+    """The throughput phases' first year, as an offset from the demo's 2022: (a)'s events,
+    then a year for each (b) pass, the pass without the API and the profiled pass, the last
+    of them last year. All must lie in the past (ingest refuses the future) and the passes
+    within the policy's six years of retention (the API deletes older incidents, and the
+    bench waits for the API to hold each pass's): so at most four passes."""
+    return datetime.now(tz=UTC).year - (passes + 3) - 2022
 
 
 def raw_events(count: int, prefix: str = "", year: int = 0) -> list[dict[str, Any]]:
@@ -677,20 +678,19 @@ def throughput_phases(args: argparse.Namespace, work: Path, rows: list[Row]) -> 
             ]
             for process in posters:
                 process.start()
-            worker_pid = pipeline.pid("worker-a")
             phase = Phase(label)
             profiler = (
                 Profiler(pipeline.pid(args.profile), work / f"py-spy-{prefix}.txt")
                 if profiled
                 else None
             )
-            cpu_before = cpu_seconds(worker_pid)
-            all_before = pipeline_cpu(pipeline)
+            cpu_before = pipeline_cpu(pipeline)
             started = time.time()
             go.set()
             done = wait_counter(counter, args.timeout, pipeline)
-            cpu = cpu_seconds(worker_pid) - cpu_before
-            split = cpu_split(all_before, pipeline_cpu(pipeline))
+            cpu_after = pipeline_cpu(pipeline)
+            cpu = cpu_after["worker-a"] - cpu_before["worker-a"]
+            split = cpu_split(cpu_before, cpu_after)
             if profiler is not None:
                 profile = profiler.finish()
             for process in posters:
