@@ -27,9 +27,9 @@ stages and a join. The whole state of a force is small (under 1 KiB per retained
   applied, so the group's committed offsets and lag mean "published".
 * **Sending**: a batch's outputs go to the broker as one record batch per topic partition
   (aiokafka's batch API), each record on the partition Kafka's default partitioner gives its
-  key (murmur2, as ``producer.send`` would: ``ownership.py``), in the order decided. One INFO
-  line per batch says how many records of each kind were published; the line per escalation
-  is DEBUG.
+  key (murmur2, as ``producer.send`` would: ``asvat/record_batches.py``), in the order
+  decided. One INFO line per batch says how many records of each kind were published; the
+  line per escalation is DEBUG.
 
 Time: an escalation raised by an event counts its deadlines from when ingest accepted the
 event (``ingested_at``), so every replica computes the same escalation, however late it
@@ -733,4 +733,3 @@ class Replica:
 
     async def publish_records(self, records: list[Record]) -> None:
         await self._publish(_Pending(records=records))
-
