@@ -1,4 +1,4 @@
-"""Process settings for the worker, which runs the detection state in memory.
+"""Garbage-collector settings for ASVAT's long-running processes.
 
 The worker holds hundreds of thousands of long-lived objects (the retained incidents) and
 allocates a few short-lived ones per event. CPython's default collector starts a young
@@ -8,6 +8,11 @@ time. :func:`tune_gc` moves what exists at start-up (modules, the policy) out of
 collector's sight and collects the young generation every 50,000 allocations. Cyclic
 garbage is still collected, only less often; reference counting, which frees almost
 everything here, is unaffected.
+
+Ingest and the API call it too: both allocate thousands of short-lived objects per request
+or stored batch (the API's ORM rows, ingest's parsed records), and the default thresholds
+ran a collection every few hundred of them: 8 % of the API's CPU while it
+stored the worker's output (``bench/pipeline.py`` (b)).
 """
 
 from __future__ import annotations

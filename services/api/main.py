@@ -9,6 +9,7 @@ import sys
 import uvicorn
 
 from asvat.logs import configure_logging
+from asvat.runtime import tune_gc
 from asvat.settings import Settings, load_settings
 from services.api.app import create_app
 
@@ -37,8 +38,10 @@ def run(settings: Settings) -> None:
                 file=sys.stderr,
             )
         raise SystemExit(1) from None
+    app = create_app(settings)
+    tune_gc()
     config = uvicorn.Config(
-        create_app(settings),
+        app,
         host=settings.api_host,
         port=settings.api_port,
         log_level=settings.log_level.lower(),

@@ -17,6 +17,7 @@ from asvat.embedded.broker import (
 )
 from asvat.keys import HmacKeyError
 from asvat.logs import configure_logging
+from asvat.runtime import tune_gc
 from asvat.settings import TOPIC_DLQ, TOPIC_INCIDENTS, TOPIC_RAW, Settings
 from services.ingest.app import create_app
 from services.ingest.dead_letters import Delivery
@@ -66,6 +67,7 @@ def run(settings: Settings, policy: Policy | None = None) -> int:
     raw = _raw_source(settings, app, event_log) if settings.ingest_raw_consumer else None
     if raw is not None:
         raw.start()
+    tune_gc()
     try:
         uvicorn.run(
             app,
