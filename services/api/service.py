@@ -200,9 +200,12 @@ def upsert_assessments(
     changes = statistics.Deltas() if deltas is None else deltas
     for row in rows:
         old = previous.get(row["incident_id"])
+        new = statistics.AssessmentFacts.of_dict(row)
+        if new == old:
+            continue  # re-issued with the same class, scope, repeat and place: no change
         if old is not None:
             changes.add_assessment(old, -1)
-        changes.add_assessment(statistics.AssessmentFacts.of_dict(row), +1)
+        changes.add_assessment(new, +1)
     insert = _insert_for(session, Assessment)
     if insert is None:  # another dialect: portable, row by row
         for row in rows:

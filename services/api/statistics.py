@@ -16,8 +16,9 @@ import io
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
-from functools import cache
+from datetime import UTC, date, datetime, timedelta
+from functools import cache, lru_cache
+from types import MappingProxyType
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
@@ -43,15 +44,24 @@ def default_areas() -> AreaIndex:
     return AreaIndex.from_settings(None, None)
 
 
-def periods(moment: datetime) -> dict[str, str]:
+def periods(moment: datetime) -> Mapping[str, str]:
     """The day, ISO week and month of ``moment`` in UK local time."""
-    local = moment.astimezone(LOCAL)
+    # UK local time differs from UTC by whole hours, so the periods are those of the UTC
+    # hour: remembered per hour (the consumer asks twice per stored assessment).
+    return _periods_of_hour(moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0))
+
+
+@lru_cache(maxsize=4096)
+def _periods_of_hour(hour: datetime) -> Mapping[str, str]:
+    local = hour.astimezone(LOCAL)
     year, week, _ = local.isocalendar()
-    return {
-        "day": local.strftime("%Y-%m-%d"),
-        "week": f"{year:04d}-W{week:02d}",
-        "month": local.strftime("%Y-%m"),
-    }
+    return MappingProxyType(
+        {
+            "day": local.strftime("%Y-%m-%d"),
+            "week": f"{year:04d}-W{week:02d}",
+            "month": local.strftime("%Y-%m"),
+        }
+    )
 
 
 def period_of(day: date, kind: str) -> str:
