@@ -16,12 +16,11 @@ the force area is published as it is and counted (``location_warnings``), never 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from asvat.contracts import FieldError, validate_incident
+from asvat.contracts import FieldError, dumps_json, validate_incident
 from asvat.domain.identity import pseudonymise_event
 from asvat.domain.policy import Policy
 from asvat.domain.timeutil import MICROS_PER_SECOND, format_timestamp, now_micros
@@ -171,7 +170,7 @@ class Submission:
             event = pseudonymise_event(record, keys.key, keys.key_id, previous=keys.previous)
             pseudonymise_recorder(event, keys.key)  # recorded_by.operator_id -> operator_key
             event["ingested_at"] = ingested_at
-            value = json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+            value = dumps_json(event)
             accepted.append(
                 Accepted(str(record["event_id"]), str(record["incident_id"]), value, warned)
             )

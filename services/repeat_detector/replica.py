@@ -48,11 +48,10 @@ from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any
 
-import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError, OffsetOutOfRangeError
 
-from asvat.contracts import decode_incidents
+from asvat.contracts import decode_incidents, dumps_json
 from asvat.domain.detector import Detector, DetectorOutcome
 from asvat.domain.incident import IncidentEvent
 from asvat.domain.policy import Policy
@@ -131,9 +130,9 @@ def _acceptance(decoded: Decoded) -> tuple[int, int | None, Decoded]:
 
 
 def _dumps(obj: Any) -> bytes:
-    """Compact UTF-8 JSON (orjson: the same document as ``json.dumps``, several times
-    faster; ids inside are computed by the domain, not from these bytes)."""
-    return orjson.dumps(obj)
+    """Compact UTF-8 JSON (:func:`asvat.contracts.dumps_json`; ids inside are computed by
+    the domain, not from these bytes)."""
+    return dumps_json(obj)
 
 
 @dataclass

@@ -15,6 +15,7 @@ from jsonschema import Draft202012Validator
 from asvat.contracts import (
     SCHEMA_DIR,
     FieldError,
+    dumps_json,
     load_schema,
     loads_json,
     validate_against,
@@ -434,3 +435,30 @@ def test_loads_json_passes_json_options_for_what_orjson_refuses() -> None:
         loads_json('{"lat": NaN}', parse_constant=refuse)
     with pytest.raises(json.JSONDecodeError):
         loads_json('{"lat": ', parse_constant=refuse)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"sequence": 123456789012345678901234567890},  # beyond 64 bits: the json path
+        {"sequence": -9223372036854775809, "ok": 9223372036854775807},
+        {1: "an int key", None: "a None key"},  # json writes them as strings
+        {"free_text": "caf\u00e9 \u2028 \"quoted\" back\\slash \x00\x1f tab\t", "e": ""},
+        {"x": 0.1, "y": -0.0, "z": 1e-07, "big": 1e16, "w": [True, None, "\U0001F600"]},
+        ["a", ("tuple", 1), {"nested": {"deep": [1.5, 2]}}],
+    ],
+)
+def test_dumps_json_writes_what_json_dumps_writes(value: Any) -> None:
+    expected = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    written = dumps_json(value)
+    assert isinstance(written, bytes)
+    assert json.loads(written) == json.loads(expected)
+    if "e-07" not in expected and "e+16" not in expected:  # a float's spelling may differ
+        assert written == expected.encode("utf-8")
+
+
+def test_dumps_json_writes_every_example_event_as_json_does() -> None:
+    for path in INPUT_EXAMPLES + TOPIC_EXAMPLES:
+        event = load(path)
+        expected = json.dumps(event, separators=(",", ":"), ensure_ascii=False)
+        assert dumps_json(event) == expected.encode("utf-8"), path.name
