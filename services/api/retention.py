@@ -7,6 +7,10 @@ What goes, per the policy (``asvat/policy/default.yaml`` documents the MoPI defa
 * ``escalations`` — *closed* escalations last changed before the cutoff, with their
   ``escalation_events`` and ``reviews``; open ones are kept, whatever their age, and
   counted as ``open_kept`` (a person closes them);
+* problem-solving ``plans`` follow their escalation: a *closed* plan last changed before
+  the escalations' cutoff goes, and so does an untouched draft (``status`` ``draft``) of an
+  escalation that goes in the same run; a plan still in hand (draft worked on, submitted,
+  signed off) is kept and counted as ``open_plans_kept`` (a person closes it);
 * ``audit`` — ``audit_log`` entries written before the cutoff. The audit trail is
   append-only (database triggers refuse UPDATE and DELETE): the purge lifts that guard for
   its own DELETE inside its transaction only, so no other session ever sees it lifted.
@@ -32,14 +36,21 @@ from sqlalchemy import Connection, CursorResult, Delete, Result, Select, delete,
 from sqlalchemy.orm import Session, sessionmaker
 
 from asvat.domain.policy import RetentionPolicy
-from services.api.models import Assessment, AuditEntry, Escalation, EscalationEvent, Review
+from services.api.models import (
+    Assessment,
+    AuditEntry,
+    Escalation,
+    EscalationEvent,
+    Plan,
+    Review,
+)
 from services.api.service import audit
 
 log = logging.getLogger(__name__)
 
 ACTION = "retention.purge"
 #: Tables in the order they are purged (children of escalations first).
-TABLES = ("assessments", "escalation_events", "reviews", "escalations", "audit_log")
+TABLES = ("assessments", "escalation_events", "reviews", "plans", "escalations", "audit_log")
 
 
 @dataclass(frozen=True)
@@ -51,6 +62,7 @@ class PurgeReport:
     removed: dict[str, int]
     open_kept: int
     dry_run: bool
+    open_plans_kept: int = 0
 
     def as_detail(self) -> dict[str, Any]:
         """The audit entry's detail: cutoffs and counts only."""
@@ -58,6 +70,7 @@ class PurgeReport:
             "cutoffs": {name: when.isoformat() for name, when in self.cutoffs.items()},
             "removed": dict(self.removed),
             "open_escalations_kept": self.open_kept,
+            "open_plans_kept": self.open_plans_kept,
         }
 
     def summary(self) -> str:
@@ -66,7 +79,8 @@ class PurgeReport:
         cutoffs = ", ".join(f"{k} < {v:%Y-%m-%d %H:%M:%S}Z" for k, v in self.cutoffs.items())
         return (
             f"retention: {verb} {counts} (cutoffs {cutoffs}); "
-            f"{self.open_kept} open escalations past the cutoff kept"
+            f"{self.open_kept} open escalations and {self.open_plans_kept} plans in hand "
+            "past the cutoff kept"
         )
 
 
@@ -92,12 +106,24 @@ def purge(
     cut = cutoffs(retention, at)
     closed_old = (Escalation.status == "closed") & (Escalation.updated_at < cut["escalations"])
     old_escalations = select(Escalation.escalation_id).where(closed_old)
+    # A plan goes when closed and old, or when it is a draft of an escalation that goes:
+    # one no one worked on (submitted, signed off or edited: updated after it was opened).
+    old_plan = Plan.updated_at < cut["escalations"]
+    plan_goes = old_plan & (
+        (Plan.status == "closed")
+        | (
+            (Plan.status == "draft")
+            & (Plan.updated_at == Plan.opened_at)
+            & Plan.escalation_id.in_(old_escalations)
+        )
+    )
     statements: dict[str, Delete] = {
         "assessments": delete(Assessment).where(Assessment.occurred_at < cut["incidents"]),
         "escalation_events": delete(EscalationEvent).where(
             EscalationEvent.escalation_id.in_(old_escalations)
         ),
         "reviews": delete(Review).where(Review.escalation_id.in_(old_escalations)),
+        "plans": delete(Plan).where(plan_goes),
         "escalations": delete(Escalation).where(closed_old),
         "audit_log": delete(AuditEntry).where(AuditEntry.at < cut["audit"]),
     }
@@ -111,6 +137,7 @@ def purge(
         "reviews": select(func.count())
         .select_from(Review)
         .where(Review.escalation_id.in_(old_escalations)),
+        "plans": select(func.count()).select_from(Plan).where(plan_goes),
         "escalations": select(func.count()).select_from(Escalation).where(closed_old),
         "audit_log": select(func.count())
         .select_from(AuditEntry)
@@ -121,9 +148,12 @@ def purge(
         .select_from(Escalation)
         .where(Escalation.status != "closed", Escalation.updated_at < cut["escalations"])
     )
+    plans_kept_query = select(func.count()).select_from(Plan).where(old_plan & ~plan_goes)
     removed: dict[str, int] = {}
     with session_factory.begin() as session:
         open_kept = int(session.execute(open_kept_query).scalar_one())
+        # Counted before the purge: a plan kept now is kept after it too.
+        plans_kept = int(session.execute(plans_kept_query).scalar_one())
         for table in TABLES:
             if dry_run:
                 removed[table] = int(session.execute(counts[table]).scalar_one())
@@ -132,7 +162,7 @@ def purge(
                     removed[table] = _rowcount(session.execute(statements[table]))
             else:
                 removed[table] = _rowcount(session.execute(statements[table]))
-        report = PurgeReport(at, cut, removed, open_kept, dry_run)
+        report = PurgeReport(at, cut, removed, open_kept, dry_run, plans_kept)
         if not dry_run:
             audit(session, actor=actor, action=ACTION, detail=report.as_detail(), at=at)
     return report

@@ -24,7 +24,14 @@ from asvat.settings import Settings
 from services.api import migrate
 from services.api.app import create_app
 from services.api.db import make_engine, make_writer_factory
-from services.api.models import Assessment, AuditEntry, Escalation, EscalationEvent, Review
+from services.api.models import (
+    Assessment,
+    AuditEntry,
+    Escalation,
+    EscalationEvent,
+    Plan,
+    Review,
+)
 from services.api.retention import ACTION, purge
 from services.api.service import audit
 
@@ -92,6 +99,21 @@ def event(escalation_id: str, at: datetime, n: int) -> EscalationEvent:
     )
 
 
+def plan(escalation_id: str, opened: datetime, changed: datetime, status: str) -> Plan:
+    return Plan(
+        plan_id="P-" + escalation_id,
+        escalation_id=escalation_id,
+        subject_type="location",
+        subject_key="bng:424500:564900",
+        status=status,
+        scanning={"incidents": [{"incident_id": "I-" + escalation_id}]},
+        responses=[],
+        opened_at=opened,
+        opened_by="system",
+        updated_at=changed,
+    )
+
+
 def seed(engine: Engine) -> None:
     with make_writer_factory(engine).begin() as session:
         session.add_all(
@@ -108,6 +130,13 @@ def seed(engine: Engine) -> None:
                 event("E-RECENT-CLOSED", RECENT, 1),
                 Review(escalation_id="E-OLD-CLOSED", rank="sergeant", every_seconds=1, due_at=OLD),
                 Review(escalation_id="E-OLD-OPEN", rank="sergeant", every_seconds=1, due_at=OLD),
+                # Plans: a draft no one touched goes with its escalation; a closed plan goes
+                # when old; one in hand stays (counted), as does a draft of an open escalation.
+                plan("E-OLD-CLOSED", OLD, OLD, "draft"),
+                plan("E-GONE-CLOSED", ANCIENT, OLD, "closed"),
+                plan("E-OLD-OPEN", OLD, OLD, "draft"),
+                plan("E-GONE-SUBMITTED", ANCIENT, OLD, "submitted"),
+                plan("E-RECENT-CLOSED", OLD, RECENT, "closed"),
             ]
         )
         session.flush()
@@ -123,6 +152,7 @@ def contents(engine: Engine) -> dict[str, Any]:
             "escalations": sorted(session.scalars(select(Escalation.escalation_id))),
             "escalation_events": sorted(session.scalars(select(EscalationEvent.event_key))),
             "reviews": sorted(session.scalars(select(Review.escalation_id))),
+            "plans": sorted(session.scalars(select(Plan.escalation_id))),
             "audit_log": sorted(
                 (a.action, a.at.date().isoformat()) for a in session.scalars(select(AuditEntry))
             ),
@@ -139,10 +169,12 @@ def test_dry_run_counts_and_changes_nothing(engine: Engine) -> None:
         "assessments": 2,
         "escalation_events": 2,
         "reviews": 1,
+        "plans": 2,
         "escalations": 1,
         "audit_log": 1,
     }
     assert report.open_kept == 1
+    assert report.open_plans_kept == 2
     assert contents(engine) == before  # nor an audit entry
 
 
@@ -153,6 +185,7 @@ def test_purge_removes_what_is_past_retention_and_audits_counts_only(engine: Eng
         "assessments": 2,
         "escalation_events": 2,
         "reviews": 1,
+        "plans": 2,
         "escalations": 1,
         "audit_log": 1,
     }
@@ -161,6 +194,7 @@ def test_purge_removes_what_is_past_retention_and_audits_counts_only(engine: Eng
     assert after["escalations"] == ["E-OLD-OPEN", "E-RECENT-CLOSED"]  # open ones stay
     assert after["escalation_events"] == ["E-OLD-OPEN-1", "E-RECENT-CLOSED-1"]
     assert after["reviews"] == ["E-OLD-OPEN"]
+    assert after["plans"] == ["E-GONE-SUBMITTED", "E-OLD-OPEN", "E-RECENT-CLOSED"]
     assert after["audit_log"] == sorted(
         [
             ("victim.read", OLD.date().isoformat()),
@@ -179,6 +213,7 @@ def test_purge_removes_what_is_past_retention_and_audits_counts_only(engine: Eng
         },
         "removed": report.removed,
         "open_escalations_kept": 1,
+        "open_plans_kept": 2,
     }
     text = json.dumps(entry.detail)
     assert "I-OLD" not in text and "E-OLD" not in text and "f" * 64 not in text
@@ -268,12 +303,15 @@ def test_asvat_retention_run_on_the_command_line(
 
     dry = run("--dry-run")
     assert dry.returncode == 0, dry.stderr
-    assert "would remove assessments 2, escalation_events 2, reviews 1, escalations 1" in dry.stdout
+    assert (
+        "would remove assessments 2, escalation_events 2, reviews 1, plans 2, escalations 1"
+        in dry.stdout
+    )
     assert contents(engine)["assessments"] == ["I-ANCIENT", "I-OLD", "I-RECENT"]
     done = run()
     assert done.returncode == 0, done.stderr
     assert "removed assessments 2" in done.stdout and "audit_log 1" in done.stdout
-    assert "1 open escalations past the cutoff kept" in done.stdout
+    assert "1 open escalations and 2 plans in hand past the cutoff kept" in done.stdout
     assert contents(engine)["assessments"] == ["I-RECENT"]
     with make_writer_factory(engine).begin() as session:
         actors = session.scalars(select(AuditEntry.actor).where(AuditEntry.action == ACTION))
