@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -45,7 +44,7 @@ from sqlalchemy.exc import (
 )
 from sqlalchemy.orm import Session, sessionmaker
 
-from asvat.contracts import validate_against
+from asvat.contracts import loads_json, validate_against
 from asvat.embedded.broker import group_consumer
 from asvat.settings import TOPIC_ASSESSMENTS, TOPIC_ESCALATIONS
 from services.api import service, statistics
@@ -102,8 +101,8 @@ def decode(topic: str, value: bytes | None) -> dict[str, Any]:
     if value is None:
         raise InvalidMessage("empty message (no value)")
     try:
-        payload = json.loads(value)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        payload = loads_json(value, parse_constant=_refuse_constant)
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise InvalidMessage(f"not UTF-8 JSON: {exc}") from exc
     if not isinstance(payload, dict):
         raise InvalidMessage(f"expected a JSON object, got {type(payload).__name__}")
@@ -114,6 +113,11 @@ def decode(topic: str, value: bytes | None) -> dict[str, Any]:
     if errors:
         raise InvalidMessage(f"breaks {schema}: " + "; ".join(str(e) for e in errors))
     return payload
+
+
+def _refuse_constant(name: str) -> Any:
+    # NaN and Infinity are not JSON (RFC 8259), and PostgreSQL's JSON types refuse them.
+    raise ValueError(f"{name} is not valid JSON")
 
 
 def store_batch(
