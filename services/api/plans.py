@@ -1,6 +1,6 @@
 """Database functions for problem-solving plans; the rules are :mod:`asvat.domain.plans`.
 
-A location escalation opens a draft plan as it is stored (:func:`open_for_escalation`,
+A location escalation opens a draft plan as it is stored (:func:`open_for_escalations`,
 called by ``service.record_escalations``); a victim escalation gets one on request. One
 plan per escalation: its id is derived from the escalation's, so opening twice returns the
 same plan. Scanning is pre-filled with the subject's incidents, their times and a map
@@ -82,7 +82,13 @@ def radius_for(row: Escalation) -> int:
 
 
 def _audit(
-    session: Session, plan: Plan, actor: Actor, action: str, detail: Mapping[str, Any]
+    session: Session,
+    plan: Plan,
+    actor: Actor,
+    action: str,
+    detail: Mapping[str, Any],
+    *,
+    flush: bool = True,
 ) -> AuditEntry:
     return service.audit(
         session,
@@ -97,6 +103,7 @@ def _audit(
         detail={"plan_id": plan.plan_id, "escalation_id": plan.escalation_id, **detail},
         client_ip=actor.client_ip,
         user_agent=actor.user_agent,
+        flush=flush,
     )
 
 
@@ -213,9 +220,40 @@ def open_for_escalation(
     existing = session.get(Plan, plan_id)
     if existing is not None:
         return existing, False
-    radius = radius_for(row) if row.subject_type == "location" else 0
+    plan = _draft(session, row, plan_id, actor, datetime.now(tz=UTC))
+    session.add(plan)
+    session.flush()
+    _audit(session, plan, actor, "plan.open", {"status": "draft"})
+    return plan, True
+
+
+def open_for_escalations(
+    session: Session, rows: Sequence[Escalation], actor: Actor = SYSTEM
+) -> list[Plan]:
+    """:func:`open_for_escalation` for a batch the consumer stores: the plans opened (an
+    escalation that has one already is passed over). One query finds the plans already
+    there and the new ones are written with the transaction's next flush: opening them
+    one by one cost two flushes and a look-up each."""
+    wanted = {plan_id_for(row.escalation_id): row for row in rows}
+    if not wanted:
+        return []
+    existing = set(session.scalars(select(Plan.plan_id).where(Plan.plan_id.in_(list(wanted)))))
     now = datetime.now(tz=UTC)
-    plan = Plan(
+    # Every scanning query first: a query flushes what is pending, and these add nothing.
+    opened = [
+        _draft(session, row, plan_id, actor, now)
+        for plan_id, row in wanted.items()
+        if plan_id not in existing
+    ]
+    session.add_all(opened)
+    for plan in opened:
+        _audit(session, plan, actor, "plan.open", {"status": "draft"}, flush=False)
+    return opened
+
+
+def _draft(session: Session, row: Escalation, plan_id: str, actor: Actor, now: datetime) -> Plan:
+    radius = radius_for(row) if row.subject_type == "location" else 0
+    return Plan(
         plan_id=plan_id,
         escalation_id=row.escalation_id,
         subject_type=row.subject_type,
@@ -231,10 +269,6 @@ def open_for_escalation(
         opened_by=actor.name,
         updated_at=now,
     )
-    session.add(plan)
-    session.flush()
-    _audit(session, plan, actor, "plan.open", {"status": "draft"})
-    return plan, True
 
 
 def get(session: Session, plan_id: str, *, lock: bool = False) -> Plan:

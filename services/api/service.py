@@ -126,8 +126,10 @@ def audit(
     client_ip: str | None = None,
     user_agent: str | None = None,
     at: datetime | None = None,
+    flush: bool = True,
 ) -> AuditEntry:
-    """Append an entry to the audit trail (the database refuses to change it later)."""
+    """Append an entry to the audit trail (the database refuses to change it later).
+    ``flush=False`` leaves the insert to the transaction's next flush."""
     entry = AuditEntry(
         at=at or datetime.now(tz=UTC),
         actor=actor,
@@ -142,7 +144,8 @@ def audit(
         user_agent=(user_agent or None) and user_agent[:400],
     )
     session.add(entry)
-    session.flush()
+    if flush:
+        session.flush()
     return entry
 
 
@@ -410,8 +413,7 @@ def record_escalations(
     if to_plan:
         from services.api import plans  # plans reads this module: imported when needed
 
-        for row in to_plan:
-            plans.open_for_escalation(session, row)
+        plans.open_for_escalations(session, to_plan)
     if deltas is None:
         changes.write(session)
     return new

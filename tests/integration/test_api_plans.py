@@ -105,6 +105,27 @@ async def test_a_location_escalation_opens_one_draft_with_scanning(api: Api) -> 
         assert len(session.scalars(select(Plan)).all()) == 1
 
 
+async def test_location_escalations_stored_together_open_a_plan_each_once(api: Api) -> None:
+    store(api, assessments=[assessment(1, at=NOW - timedelta(days=1))])
+    first, second, third = (
+        escalation("location", f"bng:{E + 10 * n}:{N}", n) for n in (1, 2, 3)
+    )
+    store(api, escalations=[first, second])
+    store(api, escalations=[second, third, first | {"event": "upgraded", "level": "high"}])
+    with api.app.state.api.session_factory() as session:
+        opened = {p.escalation_id: p for p in session.scalars(select(Plan))}
+        audited = [
+            e.detail["escalation_id"]
+            for e in service.audit_trail(session=session)
+            if e.action == "plan.open"
+        ]
+    assert set(opened) == {first["escalation_id"], second["escalation_id"], third["escalation_id"]}
+    assert sorted(audited) == sorted(opened)  # one plan.open each, none repeated
+    assert [i["incident_id"] for i in opened[first["escalation_id"]].scanning["incidents"]] == [
+        "P-1"
+    ]
+
+
 async def test_submit_refuses_an_incomplete_plan_naming_the_fields(api: Api) -> None:
     plan = await location_plan(api)
     url = f"/v1/plans/{plan['plan_id']}"
