@@ -949,6 +949,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.events, args.replay_events, args.seconds, args.drain = 2000, 20_000, 15.0, 5.0
 
+    # The pipeline's processes run in sessions of their own, so a bench killed by SIGTERM
+    # or a closed terminal would leave them loading the machine: exit through the
+    # ``finally`` blocks that stop them instead.
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _exit_on_signal)
     work = Path(tempfile.mkdtemp(prefix="asvat-bench-pipeline-"))
     print(f"{machine()}; work directory {work}", flush=True)
     load_start = load1()
@@ -964,6 +969,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.keep:
         subprocess.run(["rm", "-rf", str(work)], check=False)
     return 0
+
+
+def _exit_on_signal(signum: int, _frame: Any) -> None:
+    raise SystemExit(128 + signum)
 
 
 def print_rows(rows: list[Row], profile: list[str], load_start: float, profiled: str) -> None:
