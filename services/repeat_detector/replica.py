@@ -382,9 +382,15 @@ class Replica:
             ready.extend((a, partition, o, r, i) for a, o, r, i in held[:cut])
             del held[:cut]
         ready.sort(key=lambda item: item[0])
+        positions = pending.positions
         for _accepted, partition, offset, result, ingested in ready:
             self._apply(result, ingested, pending)
-            pending.positions[partition] = offset + 1
+            # Each partition's released events are a prefix of what it holds, so all up to
+            # its highest offset are applied now. Sorted by acceptance they may come out of
+            # offset order (a record published twice, the second time later): the last one
+            # applied is not always the highest.
+            if offset >= positions.get(partition, 0):
+                positions[partition] = offset + 1
         self._throttle_held()
         if self.phase == "rebuilding" and self._is_caught_up(pending.positions):
             self.phase = "live"

@@ -146,3 +146,38 @@ def test_published_records_land_where_producer_send_puts_them_in_the_same_order(
         (r.partition, r.key, r.value) for r in reference
     ]
     assert len({r.partition for r in got}) == 5
+
+
+def test_records_published_twice_are_applied_once_and_read_past(
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    """A publish retried after its acknowledgement was lost leaves a record twice in a
+    partition, the second copy after newer events. Applied in acceptance order, the copy
+    comes before them: the partition's position must still end past it, or the replica
+    never counts itself caught up (and the worker never commits those offsets)."""
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=5)
+    events = [(n, n % 2) for n in range(200)]
+    for n, partition in events + events[:40]:
+        producer.send(TOPIC_INCIDENTS, wire_event(n, T0 + n * 60_000_000), partition=partition)
+    producer.flush()
+    producer.close()
+    settings = make_settings(tmp_path, kafka_bootstrap=broker.bootstrap, topic_partitions=2)
+    metrics = WorkerMetrics()
+    replica = Replica(settings, default_policy(), metrics)
+
+    async def rebuild() -> None:
+        task = asyncio.create_task(replica.run())
+        try:
+            for _ in range(300):
+                if replica.caught_up:
+                    break
+                await asyncio.sleep(0.1)
+        finally:
+            replica.stop()
+            await asyncio.wait_for(task, 30)
+
+    asyncio.run(rebuild())
+    assert replica.caught_up
+    assert replica.applied == {0: 120, 1: 120}
+    assert int(metrics.events.labels("applied")._value.get()) == 200
+    assert int(metrics.events.labels("duplicate")._value.get()) == 40
