@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -23,7 +23,7 @@ from kafka import KafkaProducer
 from asvat.domain.policy import default_policy
 from asvat.domain.timeutil import format_timestamp, parse_timestamp
 from asvat.embedded.broker import EmbeddedBroker, ensure_topics
-from asvat.settings import TOPIC_INCIDENTS
+from asvat.settings import TOPIC_EPOCH, TOPIC_INCIDENTS
 from services.repeat_detector.metrics import WorkerMetrics
 from services.repeat_detector.replica import Record, Replica, _Pending
 from tests.conftest import consume_all, make_settings
@@ -181,3 +181,72 @@ def test_records_published_twice_are_applied_once_and_read_past(
     assert replica.applied == {0: 120, 1: 120}
     assert int(metrics.events.labels("applied")._value.get()) == 200
     assert int(metrics.events.labels("duplicate")._value.get()) == 40
+
+
+def test_a_refilled_broker_is_read_from_its_start_though_no_offset_is_out_of_range(
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    """The broker restarts empty and is refilled before the replica fetches again, so its
+    old positions are all within the new logs: only the new epoch record says that they
+    mean nothing there, and that record sits at offset 0, which the replica had passed on
+    the broker before. Found by tests/e2e/test_faults.py, where the events ingest published
+    to the new broker before its refill were never applied."""
+    old_per_partition, doubled, early, late_ = 200, 60, 20, 40
+    minute = 60_000_000
+
+    def produce(items: list[tuple[int, int]], epoch: str) -> None:
+        producer = KafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=5)
+        for n, partition in items:  # event n happened n minutes after T0
+            producer.send(TOPIC_INCIDENTS, wire_event(n, T0 + n * minute), partition=partition)
+        producer.send(TOPIC_EPOCH, json.dumps({"epoch": epoch}).encode(), partition=0)
+        producer.flush()
+        producer.close()
+
+    old = [(n, n % 2) for n in range(2 * old_per_partition)]
+    # The old logs hold records twice (a publish retried after its acknowledgement was lost):
+    # each partition's position ends beyond the distinct events republished below.
+    produce(old + old[: 2 * doubled], "epoch-1")
+
+    settings = make_settings(tmp_path, kafka_bootstrap=broker.bootstrap, topic_partitions=2)
+    metrics = WorkerMetrics()
+    replica = Replica(settings, default_policy(), metrics)
+
+    def applied() -> int:
+        return int(metrics.events.labels("applied")._value.get())
+
+    async def until(condition: Callable[[], bool], seconds: float) -> bool:
+        for _ in range(int(seconds * 10)):
+            if condition():
+                return True
+            await replica.refresh_end_offsets()  # as the worker's timer does
+            await asyncio.sleep(0.1)
+        return condition()
+
+    async def scenario() -> int:
+        task = asyncio.create_task(replica.run())
+        try:
+            caught = await until(lambda: replica.phase == "live" and applied() == len(old), 60)
+            assert caught, (replica.phase, applied(), replica.applied)
+            consumer = replica._consumer
+            assert consumer is not None
+            consumer.pause(*consumer.assignment())  # fetch nothing until the refill is done
+            broker.stop()
+            broker.start()
+            ensure_topics(broker.bootstrap, 2)
+            first_new = len(old)
+            new_early = [(first_new + n, n % 2) for n in range(2 * early)]
+            new_late = [(first_new + 2 * early + n, n % 2) for n in range(2 * late_)]
+            # As ingest does it: events accepted before the refill, the refill (the durable
+            # log: the old events, then those), later events, and the new epoch.
+            produce(new_early + old + new_early + new_late, "epoch-2")
+            consumer.resume(*consumer.assignment())
+            want = len(old) + len(new_early) + len(new_late)
+            await until(lambda: applied() == want, 30)
+            return applied()
+        finally:
+            replica.stop()
+            await asyncio.wait_for(task, 30)
+
+    got = asyncio.run(scenario())
+    assert got == 2 * (old_per_partition + early + late_)
+    assert int(metrics.events.labels("late")._value.get()) == 0
