@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import pytest
@@ -33,6 +33,7 @@ DAY = 86_400 * 1_000_000
 T0 = parse_timestamp("2022-01-01T00:00:00Z")
 SPAN_DAYS = 900  # more than twice the default policy's max_lateness (400 d)
 PER_PARTITION = 1500
+MINUTE = 60_000_000
 
 
 @pytest.fixture
@@ -68,42 +69,66 @@ def wire_event(n: int, occurred: int) -> bytes:
     ).encode()
 
 
-def test_a_backlog_over_years_in_two_partitions_sets_nothing_aside_as_late(
-    broker: EmbeddedBroker, tmp_path: Path
-) -> None:
+def publish(broker: EmbeddedBroker, events: Iterable[tuple[int, int, int]]) -> None:
+    """Events ``(n, occurred, partition)`` onto the incidents topic, in this order."""
     producer = KafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=20)
-    total = 2 * PER_PARTITION
-    step = SPAN_DAYS * DAY // total
-    for n in range(total):
-        # Each partition holds its own, correctly ordered, 900 days of incidents.
-        producer.send(TOPIC_INCIDENTS, wire_event(n, T0 + n * step), partition=n % 2)
+    for n, occurred, partition in events:
+        producer.send(TOPIC_INCIDENTS, wire_event(n, occurred), partition=partition)
     producer.flush()
     producer.close()
 
+
+def new_replica(broker: EmbeddedBroker, tmp_path: Path) -> tuple[Replica, WorkerMetrics]:
     settings = make_settings(tmp_path, kafka_bootstrap=broker.bootstrap, topic_partitions=2)
     metrics = WorkerMetrics()
-    replica = Replica(settings, default_policy(), metrics)
+    return Replica(settings, default_policy(), metrics), metrics
 
-    async def rebuild() -> None:
+
+def counted(metrics: WorkerMetrics, result: str) -> int:
+    return int(metrics.events.labels(result)._value.get())
+
+
+async def until(replica: Replica, condition: Callable[[], bool], seconds: float) -> bool:
+    """Poll ``condition`` while the replica runs, reading end offsets as the worker's
+    timer does."""
+    for _ in range(int(seconds * 10)):
+        if condition():
+            return True
+        await replica.refresh_end_offsets()
+        await asyncio.sleep(0.1)
+    return condition()
+
+
+def rebuild(replica: Replica, condition: Callable[[], bool], seconds: float) -> None:
+    """Run the replica until ``condition`` holds (or ``seconds`` pass), then stop it."""
+
+    async def run() -> None:
         task = asyncio.create_task(replica.run())
         try:
-            for _ in range(600):
-                done = sum(
-                    int(metrics.events.labels(result)._value.get())
-                    for result in ("applied", "late")
-                )
-                if replica.caught_up and done >= total:
-                    break
-                await asyncio.sleep(0.1)
+            await until(replica, condition, seconds)
         finally:
             replica.stop()
             await asyncio.wait_for(task, 30)
 
-    asyncio.run(rebuild())
-    late = int(metrics.events.labels("late")._value.get())
-    applied = int(metrics.events.labels("applied")._value.get())
+    asyncio.run(run())
+
+
+def test_a_backlog_over_years_in_two_partitions_sets_nothing_aside_as_late(
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    total = 2 * PER_PARTITION
+    step = SPAN_DAYS * DAY // total
+    # Each partition holds its own, correctly ordered, 900 days of incidents.
+    publish(broker, ((n, T0 + n * step, n % 2) for n in range(total)))
+    replica, metrics = new_replica(broker, tmp_path)
+
+    def done() -> bool:
+        return counted(metrics, "applied") + counted(metrics, "late") >= total
+
+    rebuild(replica, lambda: replica.caught_up and done(), 60)
+    late = counted(metrics, "late")
     assert late == 0, f"{late} events set aside as late while rebuilding"
-    assert applied == total
+    assert counted(metrics, "applied") == total
 
 
 def test_published_records_land_where_producer_send_puts_them_in_the_same_order(
@@ -155,32 +180,14 @@ def test_records_published_twice_are_applied_once_and_read_past(
     partition, the second copy after newer events. Applied in acceptance order, the copy
     comes before them: the partition's position must still end past it, or the replica
     never counts itself caught up (and the worker never commits those offsets)."""
-    producer = KafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=5)
-    events = [(n, n % 2) for n in range(200)]
-    for n, partition in events + events[:40]:
-        producer.send(TOPIC_INCIDENTS, wire_event(n, T0 + n * 60_000_000), partition=partition)
-    producer.flush()
-    producer.close()
-    settings = make_settings(tmp_path, kafka_bootstrap=broker.bootstrap, topic_partitions=2)
-    metrics = WorkerMetrics()
-    replica = Replica(settings, default_policy(), metrics)
-
-    async def rebuild() -> None:
-        task = asyncio.create_task(replica.run())
-        try:
-            for _ in range(300):
-                if replica.caught_up:
-                    break
-                await asyncio.sleep(0.1)
-        finally:
-            replica.stop()
-            await asyncio.wait_for(task, 30)
-
-    asyncio.run(rebuild())
+    events = [(n, T0 + n * MINUTE, n % 2) for n in range(200)]
+    publish(broker, events + events[:40])
+    replica, metrics = new_replica(broker, tmp_path)
+    rebuild(replica, lambda: replica.caught_up, 30)
     assert replica.caught_up
     assert replica.applied == {0: 120, 1: 120}
-    assert int(metrics.events.labels("applied")._value.get()) == 200
-    assert int(metrics.events.labels("duplicate")._value.get()) == 40
+    assert counted(metrics, "applied") == 200
+    assert counted(metrics, "duplicate") == 40
 
 
 def test_a_refilled_broker_is_read_from_its_start_though_no_offset_is_out_of_range(
@@ -191,62 +198,50 @@ def test_a_refilled_broker_is_read_from_its_start_though_no_offset_is_out_of_ran
     mean nothing there, and that record sits at offset 0, which the replica had passed on
     the broker before. Found by tests/e2e/test_faults.py, where the events ingest published
     to the new broker before its refill were never applied."""
-    old_per_partition, doubled, early, late_ = 200, 60, 20, 40
-    minute = 60_000_000
+    per_partition, doubled, early, later = 200, 60, 20, 40
 
-    def produce(items: list[tuple[int, int]], epoch: str) -> None:
-        producer = KafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=5)
-        for n, partition in items:  # event n happened n minutes after T0
-            producer.send(TOPIC_INCIDENTS, wire_event(n, T0 + n * minute), partition=partition)
-        producer.send(TOPIC_EPOCH, json.dumps({"epoch": epoch}).encode(), partition=0)
+    def events(first: int, count: int) -> list[tuple[int, int, int]]:
+        return [(n, T0 + n * MINUTE, n % 2) for n in range(first, first + count)]
+
+    def epoch(name: str) -> None:
+        producer = KafkaProducer(bootstrap_servers=broker.bootstrap)
+        producer.send(TOPIC_EPOCH, json.dumps({"epoch": name}).encode(), partition=0)
         producer.flush()
         producer.close()
 
-    old = [(n, n % 2) for n in range(2 * old_per_partition)]
+    old = events(0, 2 * per_partition)
     # The old logs hold records twice (a publish retried after its acknowledgement was lost):
     # each partition's position ends beyond the distinct events republished below.
-    produce(old + old[: 2 * doubled], "epoch-1")
+    publish(broker, old + old[: 2 * doubled])
+    epoch("epoch-1")
+    replica, metrics = new_replica(broker, tmp_path)
 
-    settings = make_settings(tmp_path, kafka_bootstrap=broker.bootstrap, topic_partitions=2)
-    metrics = WorkerMetrics()
-    replica = Replica(settings, default_policy(), metrics)
-
-    def applied() -> int:
-        return int(metrics.events.labels("applied")._value.get())
-
-    async def until(condition: Callable[[], bool], seconds: float) -> bool:
-        for _ in range(int(seconds * 10)):
-            if condition():
-                return True
-            await replica.refresh_end_offsets()  # as the worker's timer does
-            await asyncio.sleep(0.1)
-        return condition()
-
-    async def scenario() -> int:
+    async def scenario() -> None:
         task = asyncio.create_task(replica.run())
         try:
-            caught = await until(lambda: replica.phase == "live" and applied() == len(old), 60)
-            assert caught, (replica.phase, applied(), replica.applied)
+            live = await until(
+                replica, lambda: replica.caught_up and counted(metrics, "applied") == len(old), 60
+            )
+            assert live, (replica.phase, counted(metrics, "applied"), replica.applied)
             consumer = replica._consumer
             assert consumer is not None
             consumer.pause(*consumer.assignment())  # fetch nothing until the refill is done
             broker.stop()
             broker.start()
             ensure_topics(broker.bootstrap, 2)
-            first_new = len(old)
-            new_early = [(first_new + n, n % 2) for n in range(2 * early)]
-            new_late = [(first_new + 2 * early + n, n % 2) for n in range(2 * late_)]
+            accepted_before = events(len(old), 2 * early)
+            accepted_after = events(len(old) + 2 * early, 2 * later)
             # As ingest does it: events accepted before the refill, the refill (the durable
             # log: the old events, then those), later events, and the new epoch.
-            produce(new_early + old + new_early + new_late, "epoch-2")
+            publish(broker, accepted_before + old + accepted_before + accepted_after)
+            epoch("epoch-2")
             consumer.resume(*consumer.assignment())
-            want = len(old) + len(new_early) + len(new_late)
-            await until(lambda: applied() == want, 30)
-            return applied()
+            want = len(old) + len(accepted_before) + len(accepted_after)
+            await until(replica, lambda: counted(metrics, "applied") == want, 30)
         finally:
             replica.stop()
             await asyncio.wait_for(task, 30)
 
-    got = asyncio.run(scenario())
-    assert got == 2 * (old_per_partition + early + late_)
-    assert int(metrics.events.labels("late")._value.get()) == 0
+    asyncio.run(scenario())
+    assert counted(metrics, "applied") == 2 * (per_partition + early + later)
+    assert counted(metrics, "late") == 0
