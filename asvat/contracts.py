@@ -378,6 +378,12 @@ def loads_json(raw: bytes | str, **json_options: Any) -> Any:
     return json.loads(raw, **json_options)
 
 
+def refuse_json_constant(name: str) -> Any:
+    """``parse_constant`` for ``json.loads`` and :func:`loads_json`: NaN and Infinity are
+    not JSON (RFC 8259), and PostgreSQL's JSON types refuse them."""
+    raise ValueError(f"{name} is not valid JSON")
+
+
 def dumps_json(obj: Any) -> bytes:
     """Compact UTF-8 JSON: the document ``json.dumps(obj, separators=(",", ":"),
     ensure_ascii=False)`` writes, by orjson (several times faster). The bytes may differ

@@ -44,7 +44,7 @@ from sqlalchemy.exc import (
 )
 from sqlalchemy.orm import Session, sessionmaker
 
-from asvat.contracts import loads_json, validate_against
+from asvat.contracts import loads_json, refuse_json_constant, validate_against
 from asvat.embedded.broker import group_consumer
 from asvat.settings import TOPIC_ASSESSMENTS, TOPIC_ESCALATIONS
 from services.api import service, statistics
@@ -101,7 +101,7 @@ def decode(topic: str, value: bytes | None) -> dict[str, Any]:
     if value is None:
         raise InvalidMessage("empty message (no value)")
     try:
-        payload = loads_json(value, parse_constant=_refuse_constant)
+        payload = loads_json(value, parse_constant=refuse_json_constant)
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise InvalidMessage(f"not UTF-8 JSON: {exc}") from exc
     if not isinstance(payload, dict):
@@ -113,11 +113,6 @@ def decode(topic: str, value: bytes | None) -> dict[str, Any]:
     if errors:
         raise InvalidMessage(f"breaks {schema}: " + "; ".join(str(e) for e in errors))
     return payload
-
-
-def _refuse_constant(name: str) -> Any:
-    # NaN and Infinity are not JSON (RFC 8259), and PostgreSQL's JSON types refuse them.
-    raise ValueError(f"{name} is not valid JSON")
 
 
 def store_batch(

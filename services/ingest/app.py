@@ -28,7 +28,7 @@ from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 
 from asvat.auth import AuthUnavailable, Principal, allows, lookup, lookup_engine
-from asvat.contracts import loads_json
+from asvat.contracts import loads_json, refuse_json_constant
 from asvat.domain.policy import Policy
 from asvat.domain.timeutil import format_timestamp, now_micros
 from asvat.keys import load_key_ring
@@ -135,13 +135,9 @@ class BodyError(ValueError):
         self.count = count  # records (or lines) in the refused body
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
 def _loads(text: str | bytes) -> Any:
     """``json.loads`` refusing NaN and Infinity (orjson where it reads the same)."""
-    return loads_json(text, parse_constant=_reject_constant)
+    return loads_json(text, parse_constant=refuse_json_constant)
 
 
 def _json_problem(exc: ValueError) -> str:

@@ -26,7 +26,7 @@ from typing import IO, Any
 
 from tqdm import tqdm
 
-from asvat.contracts import FieldError
+from asvat.contracts import FieldError, refuse_json_constant
 from asvat.domain.timeutil import now_micros
 from services.ingest.dead_letters import (
     BUS_FORMAT,
@@ -118,7 +118,7 @@ class _Ndjson(_Format):
     def parse(self, line: Line) -> Parsed:
         assert line.text is not None
         try:
-            return Parsed(json.loads(line.text, parse_constant=_no_constant))
+            return Parsed(json.loads(line.text, parse_constant=refuse_json_constant))
         except ValueError as exc:
             where = f" at column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
             message = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
@@ -182,10 +182,6 @@ class _PoliceUk(_Headed):
         if skipped:
             return Parsed(skipped="not anti-social behaviour")
         return Parsed(record, errors)
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
 
 
 def reader_for(

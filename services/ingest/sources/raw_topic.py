@@ -24,6 +24,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from asvat.contracts import refuse_json_constant
 from asvat.domain.timeutil import now_micros
 from asvat.embedded.broker import ensure_topics, group_consumer
 from services.ingest.dead_letters import Delivery, Origin, dead_letter
@@ -52,7 +53,7 @@ def handle_batch(
     for message in records:
         origin = Origin(topic=message.topic, partition=message.partition, offset=message.offset)
         try:
-            value = json.loads(message.value, parse_constant=_no_constant)
+            value = json.loads(message.value, parse_constant=refuse_json_constant)
         except (ValueError, TypeError) as exc:
             problem = SourceError(
                 "(message)", f"expected a JSON incident event ({exc})", "not_json"
@@ -77,10 +78,6 @@ def handle_batch(
             )
     delivery.deliver(SOURCE, accepted, letters)
     return len(accepted), len(letters)
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
 
 
 class RawTopicSource:
