@@ -129,12 +129,6 @@ def _acceptance(decoded: Decoded) -> tuple[int, int | None, Decoded]:
     return at, at, decoded
 
 
-def _dumps(obj: Any) -> bytes:
-    """Compact UTF-8 JSON (:func:`asvat.contracts.dumps_json`; ids inside are computed by
-    the domain, not from these bytes)."""
-    return dumps_json(obj)
-
-
 @dataclass
 class _Pending:
     """Outputs decided but not yet acknowledged, the positions they advance, and what the
@@ -531,7 +525,7 @@ class Replica:
             counted["unreadable"] += 1
             log.error("unreadable incident message (%s); sent to the late topic", exc)
             payload = late_message(f"unreadable: {exc}", "rejected", None, None)
-            self._late("", _dumps(payload), pending)
+            self._late("", dumps_json(payload), pending)
             metrics.late.labels("unreadable").inc()
             return
         try:
@@ -545,7 +539,7 @@ class Replica:
             payload = late_message(
                 f"engine error: {type(exc).__name__}: {exc}", "rejected", None, data
             )
-            self._late(event.incident_id, _dumps(payload), pending)
+            self._late(event.incident_id, dumps_json(payload), pending)
             metrics.late.labels("engine_error").inc()
             return
         if outcome.duplicate:
@@ -557,7 +551,7 @@ class Replica:
         if outcome.not_applied is not None:
             counted[outcome.not_applied.kind] += 1
             payload = not_applied_message(outcome.not_applied, data)
-            self._late(event.incident_id, _dumps(payload), pending)
+            self._late(event.incident_id, dumps_json(payload), pending)
             metrics.late.labels(outcome.not_applied.kind).inc()
             return
         counted["applied"] += 1
@@ -606,7 +600,7 @@ class Replica:
                 continue
             records.append(
                 (TOPIC_ASSESSMENTS, assessment.incident_id,
-                 _dumps(assessment_message(assessment, now)))
+                 dumps_json(assessment_message(assessment, now)))
             )
             level = level_of(assessment)
             for rule in assessment.rules_met or (NO_RULE,):
@@ -616,7 +610,7 @@ class Replica:
                 continue
             records.append(
                 (TOPIC_ESCALATIONS, escalation.subject_key,
-                 _dumps(escalation_message(escalation, now)))
+                 dumps_json(escalation_message(escalation, now)))
             )
             for rule in [r.rule_id for r in escalation.reasons if r.rule_id] or [NO_RULE]:
                 pending.escalations[escalation.level, rule] += 1
@@ -632,12 +626,16 @@ class Replica:
         for met in outcome.case_reviews:
             if owns_subject(met.subject_key):
                 records.append(
-                    (TOPIC_CASE_REVIEWS, met.subject_key, _dumps(case_review_message(met, now)))
+                    (TOPIC_CASE_REVIEWS, met.subject_key, dumps_json(case_review_message(met, now)))
                 )
         for finding in outcome.integrity:
             if owns_incident(finding.incident_id):
                 records.append(
-                    (TOPIC_INTEGRITY, finding.incident_id, _dumps(integrity_message(finding, now)))
+                    (
+                        TOPIC_INTEGRITY,
+                        finding.incident_id,
+                        dumps_json(integrity_message(finding, now)),
+                    )
                 )
 
     def _add_snapshots(self, pending: _Pending) -> None:
@@ -750,7 +748,8 @@ class Replica:
             return []
         records = []
         for review in self.detector.reviews_due(now_micros(), self.ownership.owns):
-            records.append((TOPIC_REVIEWS, review.escalation_id, _dumps(review_message(review))))
+            value = dumps_json(review_message(review))
+            records.append((TOPIC_REVIEWS, review.escalation_id, value))
             self.metrics.reviews.labels(review.event).inc()
         return records
 

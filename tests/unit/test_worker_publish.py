@@ -210,7 +210,7 @@ def test_nothing_published_nothing_logged(
 
 def test_an_integer_beyond_64_bits_is_written_not_raised() -> None:
     # orjson refuses such an integer; an event set aside with its data as read may hold one.
-    from services.repeat_detector.replica import _dumps
+    from asvat.contracts import dumps_json
 
     payload = {"reason": "late", "event": {"sequence": 2**70, "lat": 55.0}}
-    assert json.loads(_dumps(payload)) == payload
+    assert json.loads(dumps_json(payload)) == payload
