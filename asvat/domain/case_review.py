@@ -205,6 +205,11 @@ class CaseReviewTracker:
         """The incident ids of ``subject_key`` already counted towards a case review."""
         return frozenset(self._counted.get(subject_key, ()))
 
+    @property
+    def subjects_counted(self) -> int:
+        """Subjects with complaints already counted towards a case review."""
+        return len(self._counted)
+
     def forget_before(self, horizon: int) -> None:
         """Drop counted complaints that occurred before ``horizon`` (they are out of every
         window still to be evaluated)."""

@@ -187,6 +187,11 @@ class Detector:
         # the escalation they close was raised here, and the ids closed (see ``close``).
         self._pending_closes: dict[str, tuple[str, str, int]] = {}
         self._closed_ids: set[str] = set()
+        # What the engine had forgotten before when this detector last pruned its own
+        # per-incident and per-subject state (see _forget).
+        self._forgotten_before: int | None = None
+        if forget:
+            self.engine.track_forgotten()
 
     @property
     def retained_incidents(self) -> int:
@@ -208,7 +213,44 @@ class Detector:
             enriched = self._enrich(assessment, observe=True)
             outcome.assessments.append(enriched.assessment)
             self._observe(enriched, when, outcome)
+        if self._forget and self.engine.forgotten_before != self._forgotten_before:
+            self._forget_before(self.engine.forgotten_before)
         return outcome
+
+    def state_counts(self) -> dict[str, int]:
+        """How many entries each part of the state holds (for the worker's metrics): all
+        but ``escalation_episodes`` and ``closes`` (people's actions) are bounded by the
+        retention when the detector forgets."""
+        return {
+            "incidents": self.engine.retained_incidents,
+            "integrity_findings": len(self._findings),
+            "case_review_events": sum(len(v) for v in self._case_reviews_issued.values()),
+            "case_review_subjects": self.case_reviews.subjects_counted,
+            "closed_subjects": self.lifecycle.closed_subjects,
+            "escalation_episodes": self.lifecycle.subjects_numbered,
+            "closes": len(self._closed_ids) + len(self._pending_closes),
+        }
+
+    def _forget_before(self, horizon: int | None) -> None:
+        """Forget what only concerns incidents the engine has forgotten (those that occurred
+        before ``horizon``): no event still to be applied can reach them. Their integrity
+        findings and case-review events are final, as their last assessments are, and
+        leave the snapshots as settled incidents do."""
+        self._forgotten_before = horizon
+        findings = self._findings
+        for incident_id in self.engine.take_forgotten():
+            findings.pop(incident_id, None)
+        if horizon is None:
+            return
+        self.case_reviews.forget_before(horizon)
+        self.lifecycle.forget_closed_before(horizon)
+        issued = self._case_reviews_issued
+        for subject_key in list(issued):
+            kept = [met for met in issued[subject_key] if met.occurred_at >= horizon]
+            if not kept:
+                del issued[subject_key]
+            elif len(kept) < len(issued[subject_key]):
+                issued[subject_key] = kept
 
     def final_assessments(self) -> dict[str, Assessment]:
         """The current, enriched assessment of every in-scope incident."""

@@ -241,6 +241,14 @@ class DetectionEngine:
     def retained_incidents(self) -> int:
         return len(self._records)
 
+    @property
+    def forgotten_before(self) -> int | None:
+        """Incidents that occurred before this time (µs) have been forgotten; None until
+        the engine first forgets (always None when it does not forget). Every event still
+        to be applied occurred at or after it."""
+        day = self._pruned_before_day
+        return None if day is None else day * DAY
+
     def apply(self, event: IncidentEvent) -> Outcome:
         """Apply one event; return the assessments and escalations it changed."""
         outcome = Outcome()
@@ -362,8 +370,8 @@ class DetectionEngine:
     def track_forgotten(self) -> None:
         """From now on, remember the ids of the incidents pruned, for :meth:`take_forgotten`.
 
-        The live worker calls it before restoring, so that it can delete the stored
-        records of incidents the engine forgets (its table would otherwise keep them)."""
+        A detector that forgets calls it, to forget its own per-incident state (integrity
+        findings issued) with the incidents."""
         if self._forgotten is None:
             self._forgotten = []
 

@@ -317,6 +317,24 @@ class EscalationLifecycle:
             at=at,
         )
 
+    def forget_closed_before(self, horizon: int) -> None:
+        """Forget closes made before ``horizon``: they only hold back incidents that occurred
+        before the close, and no incident still to be applied occurred before ``horizon``.
+        (Episode numbers are kept: escalation ids must not repeat.)"""
+        closed = self._closed_at
+        for subject in [s for s, at in closed.items() if at < horizon]:
+            del closed[subject]
+
+    @property
+    def closed_subjects(self) -> int:
+        """Subjects whose last escalation was closed and whose close is still remembered."""
+        return len(self._closed_at)
+
+    @property
+    def subjects_numbered(self) -> int:
+        """Subjects that have had an escalation (their episode numbers are kept)."""
+        return len(self._episodes)
+
     def current(self, subject_type: str, subject_key: str) -> OpenEscalation | None:
         found = self._open.get((subject_type, subject_key))
         if found is None:

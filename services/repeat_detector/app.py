@@ -75,7 +75,9 @@ def create_app(
     )
     metrics = WorkerMetrics(rules=[rule.id for rule in policy.rules])
     replica = Replica(settings, policy, metrics, client_id=settings.consumer_group)
-    metrics.observe(app, lambda: replica.detector.watermark, replica.lag)
+    metrics.observe(
+        app, lambda: replica.detector.watermark, replica.lag, replica.detector.state_counts
+    )
     incidents = app.topic(TOPIC_INCIDENTS, key_type=bytes, value_type=bytes, value_serializer="raw")
     assigned_at = time.time()
 

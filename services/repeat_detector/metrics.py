@@ -164,13 +164,15 @@ class WorkerMetrics:
         app: faust.App,
         watermark: Callable[[], int | None],
         replica_lag: Callable[[], dict[int, int]] = dict,
+        state: Callable[[], dict[str, int]] = dict,
     ) -> None:
-        """Read consumer lag from ``app``, the replica's lag and the event-time watermark
-        (µs) at scrape time, and record the time of each offset commit that advances a
-        partition."""
+        """Read consumer lag from ``app``, the replica's lag, the event-time watermark (µs)
+        and the detector's state sizes at scrape time, and record the time of each offset
+        commit that advances a partition."""
         self._scrape_time.app = app
         self._scrape_time.watermark = watermark
         self._scrape_time.replica_lag = replica_lag
+        self._scrape_time.state = state
         app.sensors.add(_CommitSensor(app, self))
 
 
@@ -204,12 +206,13 @@ class _ScrapeTimeCollector(Collector):
         self.app: faust.App | None = None
         self.watermark: Callable[[], int | None] = lambda: None
         self.replica_lag: Callable[[], dict[int, int]] = dict
+        self.state: Callable[[], dict[str, int]] = dict
 
     def describe(self) -> Iterator[GaugeMetricFamily]:
         yield from self._families()
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        lag, newest, event_lag, replica = self._families()
+        lag, newest, event_lag, replica, state = self._families()
         for partition, value in self._consumer_lag():
             lag.add_metric([str(partition)], value)
         for partition, behind in sorted(self.replica_lag().items()):
@@ -219,11 +222,14 @@ class _ScrapeTimeCollector(Collector):
             seconds = watermark / MICROS_PER_SECOND
             newest.add_metric([], seconds)
             event_lag.add_metric([], max(0.0, time.time() - seconds))
-        yield from (lag, newest, event_lag, replica)
+        for part, entries in sorted(self.state().items()):
+            state.add_metric([part], float(entries))
+        yield from (lag, newest, event_lag, replica, state)
 
     @staticmethod
     def _families() -> tuple[
-        GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily
+        GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily,
+        GaugeMetricFamily,
     ]:
         return (
             GaugeMetricFamily(
@@ -245,6 +251,13 @@ class _ScrapeTimeCollector(Collector):
                 f"Messages on {TOPIC_INCIDENTS} not yet applied and published by this "
                 "worker's replica, per partition (every partition: each worker reads all).",
                 labels=["partition"],
+            ),
+            GaugeMetricFamily(
+                "asvat_worker_state_entries",
+                "Entries in each part of the detection state. All but escalation_episodes "
+                "(one per subject ever escalated) and closes (people's closes) are bounded "
+                "by the retention (longest window plus max_lateness).",
+                labels=["part"],
             ),
         )
 

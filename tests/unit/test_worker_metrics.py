@@ -14,6 +14,10 @@ from typing import Any
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from asvat.domain.detector import Detector
+from asvat.domain.incident import IncidentEvent
+from asvat.domain.location import Place
+from asvat.domain.policy import default_policy
 from asvat.settings import TOPIC_INCIDENTS
 from services.repeat_detector.metrics import NO_LEVEL, WorkerMetrics, _CommitSensor, level_of
 
@@ -83,6 +87,26 @@ def test_event_time_lag_is_wall_clock_minus_the_newest_occurrence_applied() -> N
     assert 3599 <= found[("asvat_worker_event_time_lag_seconds", ())] <= 3610
     newest = found[("asvat_worker_newest_occurred_timestamp_seconds", ())]
     assert abs(newest - (time.time() - 3600)) < 10
+
+
+def test_state_entries_are_read_from_the_detector_at_scrape_time() -> None:
+    metrics = WorkerMetrics()
+    detector = Detector(default_policy())
+    metrics.observe(FakeApp(FakeConsumer({})), lambda: None, dict, detector.state_counts)  # type: ignore[arg-type]
+    entries = "asvat_worker_state_entries"
+    assert samples(metrics)[(entries, (("part", "incidents"),))] == 0
+    detector.apply(
+        IncidentEvent(
+            event_id="E1", incident_id="I1", sequence=0, event_type="closed",
+            occurred_at=1_700_000_000_000_000, reported_at=1_700_000_000_000_000,
+            source="101", opening_code="HARS", closing_code="ASBN", victim_key=None,
+            place=Place(430_000.0, 560_000.0, None),
+        )
+    )
+    found = samples(metrics)
+    assert found[(entries, (("part", "incidents"),))] == 1
+    assert found[(entries, (("part", "integrity_findings"),))] == 1
+    assert found[(entries, (("part", "escalation_episodes"),))] == 0
 
 
 def test_before_any_event_there_is_no_event_time_lag_and_no_consumer() -> None:
