@@ -6,32 +6,10 @@ from __future__ import annotations
 
 from asvat.domain.detector import Detector, DetectorOutcome
 from asvat.domain.incident import IncidentEvent
-from asvat.domain.location import Place
 from asvat.domain.policy import default_policy
-from asvat.domain.timeutil import parse_timestamp
+from tests.unit.test_detector import DAY, HOUR, event
 
-DAY = 86_400 * 1_000_000
-HOUR = 3_600 * 1_000_000
-T0 = parse_timestamp("2020-01-01T10:00:00Z")
 EVERY = 7  # days between groups of incidents
-
-
-def _event(incident: str, day: int, *, code: str, closing: str | None, victim: str | None,
-           x: float) -> IncidentEvent:
-    occurred = T0 + day * DAY
-    return IncidentEvent(
-        event_id=f"{incident}-0",
-        incident_id=incident,
-        sequence=0,
-        event_type="closed" if closing else "opened",
-        occurred_at=occurred,
-        reported_at=occurred + HOUR,
-        source="101",
-        opening_code=code,
-        closing_code=closing,
-        victim_key=victim,
-        place=Place(430_000.0 + x, 560_000.0, None),
-    )
 
 
 def stream(days: int) -> list[IncidentEvent]:
@@ -41,11 +19,10 @@ def stream(days: int) -> list[IncidentEvent]:
     events = []
     for group, day in enumerate(range(0, days, EVERY)):
         x = 5_000.0 * (group % 40)
-        events.append(_event(f"F{group}", day, code="HARS", closing="ASBN", victim=None, x=x))
+        events.append(event(4 * group, day, code="HARS", closing="ASBN", victim=None, x=x))
         victim = f"{group:064x}"
-        for n in range(3):
-            events.append(_event(f"V{group}-{n}", day + n, code="ASBN", closing=None,
-                                 victim=victim, x=x + 1_000.0 + n))
+        for n in range(1, 4):
+            events.append(event(4 * group + n, day + n, victim=victim, x=x + 1_000.0 + n))
     return sorted(events, key=lambda e: (e.occurred_at, e.incident_id))
 
 
@@ -53,16 +30,16 @@ def run(detector: Detector, events: list[IncidentEvent]) -> list[tuple[object, .
     """Apply ``events``, closing every escalation an hour after it is raised; what was
     issued, comparable between detectors."""
     issued: list[tuple[object, ...]] = []
-    for event in events:
-        outcome = detector.apply(event)
+    for incident in events:
+        outcome = detector.apply(incident)
         closes = [e for e in outcome.escalations if e.event == "raised"]
         for raised in closes:
             closed = detector.close(
                 raised.escalation_id, raised.subject_type, raised.subject_key,
-                at=event.occurred_at + HOUR,
+                at=incident.occurred_at + HOUR,
             )
             issued.append(("close", raised.escalation_id, _summary(closed)))
-        issued.append((event.incident_id, _summary(outcome)))
+        issued.append((incident.incident_id, _summary(outcome)))
     return issued
 
 
