@@ -108,6 +108,9 @@ class Assessment(Base):
     northing: Mapped[int | None] = mapped_column(Integer)
     lat: Mapped[float | None] = mapped_column(Float)
     lon: Mapped[float | None] = mapped_column(Float)
+    # The 100 m grid cell of (easting, northing) (services/api/grid.py): radius scans read
+    # the cells around their point. Null without a point.
+    grid_cell: Mapped[int | None] = mapped_column(Integer)
     district_code: Mapped[str] = mapped_column(String(32), server_default=UNASSIGNED)
     ward_code: Mapped[str] = mapped_column(String(32), server_default=UNASSIGNED)
     # Risk, case review and integrity: stored when the message carries them (null before).
@@ -123,6 +126,9 @@ class Assessment(Base):
         Index("ix_assessments_district_occurred", "district_code", "occurred_at"),
         Index("ix_assessments_ward_occurred", "ward_code", "occurred_at"),
         Index("ix_assessments_grid", "easting", "northing"),
+        # Radius scans: the cells around a point, optionally over a time window; with the
+        # point, so that rows outside the square around the circle are not read.
+        Index("ix_assessments_cell_occurred", "grid_cell", "occurred_at", "easting", "northing"),
         Index("ix_assessments_case_review", "case_review_threshold_met", "occurred_at"),
         Index("ix_assessments_integrity", "integrity_flag_count", "occurred_at"),
     )

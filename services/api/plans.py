@@ -19,7 +19,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from functools import cache
 from typing import Any
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from asvat.domain import plans as rules
@@ -119,20 +119,15 @@ def subject_incidents(
     """In-scope incidents of the subject (the victim, or the place: same key or within
     ``radius_m``), newest first, optionally with ``occurred_at`` in ``[start, end)``."""
     query = select(Assessment).where(Assessment.in_scope.is_(True))
+    params: dict[str, Any] = {}
     if plan.subject_type == "victim":
         query = query.where(Assessment.victim_key == plan.subject_key)
     else:
         point = statistics.grid_point(plan.subject_key)
         same = Assessment.location_key == plan.subject_key
         if point is not None and radius_m > 0:
-            e, n = point
-            near = and_(
-                Assessment.easting.between(e - radius_m, e + radius_m),
-                Assessment.northing.between(n - radius_m, n + radius_m),
-                (Assessment.easting - e) * (Assessment.easting - e)
-                + (Assessment.northing - n) * (Assessment.northing - n)
-                <= radius_m * radius_m,
-            )
+            # The grid cells around the point, then the exact distance (service.within_radius).
+            near, params = service.within_radius(*point, radius_m)
             query = query.where(or_(same, near))
         else:
             query = query.where(same)
@@ -143,7 +138,7 @@ def subject_incidents(
     query = query.order_by(Assessment.occurred_at.desc(), Assessment.incident_id)
     if limit is not None:
         query = query.limit(limit)
-    return session.scalars(query).all()
+    return session.scalars(query, params).all()
 
 
 def scanning_for(session: Session, row: Escalation, radius_m: int) -> dict[str, Any]:

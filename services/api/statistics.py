@@ -26,6 +26,7 @@ from sqlalchemy import Table, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from services.api import grid
 from services.api.areas import UNASSIGNED, AreaIndex, parse_location_key
 from services.api.models import AreaCount, Assessment, DataVersion, Escalation
 
@@ -234,6 +235,7 @@ def locate_unplaced(session: Session, areas: AreaIndex, batch: int = 2000) -> in
                     northing=where.northing,
                     lat=where.lat,
                     lon=where.lon,
+                    grid_cell=grid.cell_of(where.easting, where.northing),
                     district_code=where.district_code,
                     ward_code=where.ward_code,
                 )

@@ -14,7 +14,7 @@ from api_fixtures import example
 from sqlalchemy import delete, insert, inspect, select, text, update
 from sqlalchemy.exc import DBAPIError
 
-from services.api import migrate, service, statistics
+from services.api import grid, migrate, service, statistics
 from services.api.db import make_engine, make_writer_factory
 from services.api.models import AreaCount, Assessment, AuditEntry, Escalation, metadata
 
@@ -106,6 +106,7 @@ def test_rows_stored_without_places_are_placed_and_counted(database_url: str) ->
                     northing=None,
                     lat=None,
                     lon=None,
+                    grid_cell=None,
                     district_code="unassigned",
                     ward_code="unassigned",
                 )
@@ -118,12 +119,64 @@ def test_rows_stored_without_places_are_placed_and_counted(database_url: str) ->
         with sessions() as session:
             row = session.get(Assessment, located["incident_id"])
             assert row is not None and row.district_code == "E08000021"
+            assert row.grid_cell == grid.cell_of(row.easting, row.northing) == 4245_05649
             counted = session.scalars(
                 select(AreaCount.incidents).where(
                     AreaCount.area_code == "E08000021", AreaCount.period_kind == "month"
                 )
             ).all()
             assert counted == [1]
+    finally:
+        engine.dispose()
+
+
+#: Points for the backfill: cell borders, the bounds, outside them, none.
+BACKFILLED = [
+    (424_560, 564_921),
+    (424_500, 564_900),
+    (424_499, 564_899),
+    (0, 0),
+    (-30, 40),
+    (-1, -1),
+    (700_000, 1_300_000),
+    (700_099, 1_300_099),
+    (812_345, 1_456_789),
+    (2**31 - 1, -(2**31)),
+    (None, None),
+    (424_560, None),
+]
+
+
+def test_grid_cells_are_filled_in_for_the_rows_there_are(database_url: str) -> None:
+    engine = make_engine(database_url)
+    try:
+        migrate.upgrade(engine, "0003")
+        payload = example("assessment.v1/location-and-case-review.json")
+        now = datetime.now(tz=UTC)
+        rows = [
+            service.assessment_row(payload | {"incident_id": f"OLD-{n}"}, now=now)
+            | {"easting": e, "northing": no}
+            for n, (e, no) in enumerate(BACKFILLED)
+        ]
+        with engine.begin() as connection:
+            connection.execute(insert(Assessment.__table__), rows)  # no grid_cell column yet
+        assert migrate.upgrade(engine) == ("0003", migrate.head())
+        with make_writer_factory(engine)() as session:
+            stored = {
+                a.incident_id: (a.easting, a.northing, a.grid_cell)
+                for a in session.scalars(select(Assessment))
+            }
+        assert len(stored) == len(BACKFILLED)
+        for n, (e, no) in enumerate(BACKFILLED):
+            assert stored[f"OLD-{n}"] == (e, no, grid.cell_of(e, no))
+        assert stored["OLD-0"][2] == 4245_05649 and stored["OLD-10"][2] is None
+        # and back down (the column and its index go) and up again
+        migrate.downgrade(engine, "0003")
+        assert "grid_cell" not in {c["name"] for c in inspect(engine).get_columns("assessments")}
+        migrate.upgrade(engine)
+        with engine.connect() as connection:
+            cells = connection.execute(text("SELECT count(grid_cell) FROM assessments")).scalar()
+        assert cells == len(BACKFILLED) - 2
     finally:
         engine.dispose()
 
