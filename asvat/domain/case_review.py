@@ -27,7 +27,7 @@ from typing import Any
 from asvat.domain.assessment import content_id
 from asvat.domain.incident import IncidentEvent
 from asvat.domain.policy import CaseReviewPolicy
-from asvat.domain.timeutil import format_timestamp
+from asvat.domain.timeutil import DayIndex, format_timestamp
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +164,8 @@ class CaseReviewTracker:
         self.policy = policy
         self.subject_type = "victim" if policy.count_by == "victim" else "location"
         self._counted: dict[str, dict[str, int]] = {}
+        # The subjects by the day of each complaint counted (for forget_before).
+        self._counted_days: DayIndex[str] = DayIndex()
 
     def observe(
         self,
@@ -190,6 +192,7 @@ class CaseReviewTracker:
         times = {c.incident_id: c.occurred_at for c in listed}
         for counted_id in fresh.qualifying_incident_ids:
             counted[counted_id] = times[counted_id]
+            self._counted_days.add(times[counted_id], subject_key)
         return result, CaseReviewThresholdMet(
             subject_type=self.subject_type,
             subject_key=subject_key,
@@ -212,10 +215,15 @@ class CaseReviewTracker:
 
     def forget_before(self, horizon: int) -> None:
         """Drop counted complaints that occurred before ``horizon`` (they are out of every
-        window still to be evaluated)."""
-        for subject_key in list(self._counted):
-            kept = {i: t for i, t in self._counted[subject_key].items() if t >= horizon}
+        window still to be evaluated). Reads only the subjects with complaints on the days
+        passed (some of ``horizon``'s own day may stay until the next call)."""
+        counted = self._counted
+        for subject_key in dict.fromkeys(self._counted_days.pop_before(horizon)):
+            found = counted.get(subject_key)
+            if found is None:
+                continue
+            kept = {i: t for i, t in found.items() if t >= horizon}
             if kept:
-                self._counted[subject_key] = kept
+                counted[subject_key] = kept
             else:
-                del self._counted[subject_key]
+                del counted[subject_key]

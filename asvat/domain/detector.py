@@ -53,6 +53,7 @@ from asvat.domain.policy import (
     phrase_pattern,
 )
 from asvat.domain.risk import NO_RISK, RiskAssessment, score_assessment
+from asvat.domain.timeutil import DayIndex
 
 #: At most this many (code, vulnerability) risks are remembered (see ``Detector._risk``).
 _RISK_MEMO_SIZE = 4096
@@ -183,6 +184,7 @@ class Detector:
         self._forget = forget
         # subject_key -> case-review events issued for it (re-published by snapshots)
         self._case_reviews_issued: dict[str, list[CaseReviewThresholdMet]] = {}
+        self._case_review_days: DayIndex[str] = DayIndex()  # their subjects, for forgetting
         # Closes by a person (escalation_id -> (subject_type, subject_key, at)) read before
         # the escalation they close was raised here, and the ids closed (see ``close``).
         self._pending_closes: dict[str, tuple[str, str, int]] = {}
@@ -245,11 +247,14 @@ class Detector:
         self.case_reviews.forget_before(horizon)
         self.lifecycle.forget_closed_before(horizon)
         issued = self._case_reviews_issued
-        for subject_key in list(issued):
-            kept = [met for met in issued[subject_key] if met.occurred_at >= horizon]
+        for subject_key in dict.fromkeys(self._case_review_days.pop_before(horizon)):
+            found = issued.get(subject_key)
+            if found is None:
+                continue
+            kept = [met for met in found if met.occurred_at >= horizon]
             if not kept:
                 del issued[subject_key]
-            elif len(kept) < len(issued[subject_key]):
+            elif len(kept) < len(found):
                 issued[subject_key] = kept
 
     def final_assessments(self) -> dict[str, Assessment]:
@@ -493,6 +498,7 @@ class Detector:
             outcome.case_reviews.append(enriched.case_review)
             met = enriched.case_review
             self._case_reviews_issued.setdefault(met.subject_key, []).append(met)
+            self._case_review_days.add(met.occurred_at, met.subject_key)
         if enriched.flags:
             finding = IntegrityFinding.of(enriched.event, enriched.flags)
             if self._findings.get(assessment.incident_id) != finding.finding_id:

@@ -29,7 +29,7 @@ from typing import Any
 from asvat.domain.assessment import Assessment, content_id
 from asvat.domain.policy import ESCALATION_LEVELS, Policy, TaskingPolicy
 from asvat.domain.risk import Reason, RiskAssessment, format_duration, level_rank
-from asvat.domain.timeutil import format_timestamp
+from asvat.domain.timeutil import DayIndex, format_timestamp
 
 Subject = tuple[str, str]  # (subject_type, subject_key)
 
@@ -231,6 +231,7 @@ class EscalationLifecycle:
         self._open: dict[Subject, _Open] = {}
         self._episodes: dict[Subject, int] = {}
         self._closed_at: dict[Subject, int] = {}
+        self._closed_days: DayIndex[Subject] = DayIndex()  # for forget_closed_before
 
     # -- escalations ----------------------------------------------------------------------
 
@@ -306,6 +307,7 @@ class EscalationLifecycle:
         if current is None:
             return None
         self._closed_at[subject] = at
+        self._closed_days.add(at, subject)
         return EscalationEvent(
             event="closed",
             escalation_id=current.escalation_id,
@@ -322,8 +324,10 @@ class EscalationLifecycle:
         before the close, and no incident still to be applied occurred before ``horizon``.
         (Episode numbers are kept: escalation ids must not repeat.)"""
         closed = self._closed_at
-        for subject in [s for s, at in closed.items() if at < horizon]:
-            del closed[subject]
+        for subject in self._closed_days.pop_before(horizon):
+            at = closed.get(subject)
+            if at is not None and at < horizon:  # not closed again since
+                del closed[subject]
 
     @property
     def closed_subjects(self) -> int:
@@ -450,6 +454,8 @@ class EscalationLifecycle:
         lifecycle = cls(tasking)
         lifecycle._episodes = {(t, k): int(n) for t, k, n in data["episodes"]}
         lifecycle._closed_at = {(t, k): int(at) for t, k, at in data["closed_at"]}
+        for subject, at in lifecycle._closed_at.items():
+            lifecycle._closed_days.add(at, subject)
         for item in data["open"]:
             subject_type, subject_key = item["subject"]
             lifecycle._open[(subject_type, subject_key)] = _Open(

@@ -9,8 +9,13 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
+from typing import Generic, TypeVar
 
 MICROS_PER_SECOND = 1_000_000
+#: One day in microseconds.
+DAY_MICROS = 86_400 * MICROS_PER_SECOND
+
+T = TypeVar("T")
 
 _RFC3339 = re.compile(
     r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$"
@@ -94,3 +99,49 @@ def parse_duration(text: str) -> int:
 def now_micros() -> int:
     """Wall-clock time in epoch microseconds (adapters only; the engine never reads a clock)."""
     return int(datetime.now(tz=UTC).timestamp() * MICROS_PER_SECOND)
+
+
+class DayIndex(Generic[T]):
+    """Items by the UTC day of a time, so that the items of times before a horizon are
+    found by reading only the days the horizon has passed, not every item kept.
+
+    :meth:`pop_before` returns the items of every day that ends at or before the horizon;
+    those of the horizon's own day stay until a later horizon passes that day, so callers
+    treat what it returns as "these may now be forgotten" and keep what is still needed.
+    """
+
+    def __init__(self) -> None:
+        self._days: dict[int, list[T]] = {}
+        self._low: int | None = None  # no day below this one holds items
+
+    def add(self, at: int, item: T) -> None:
+        day = at // DAY_MICROS
+        found = self._days.get(day)
+        if found is None:
+            self._days[day] = [item]
+        else:
+            found.append(item)
+        if self._low is None or day < self._low:
+            self._low = day
+
+    def pop_before(self, horizon: int) -> list[T]:
+        """Remove and return the items of the days before ``horizon``'s day."""
+        limit = horizon // DAY_MICROS
+        low = self._low
+        if low is None or low >= limit:
+            return []
+        days = self._days
+        if limit - low <= len(days):
+            passed: list[int] = list(range(low, limit))
+        else:  # a long jump (the first horizon, or a burst of history): read the days kept
+            passed = sorted(day for day in days if day < limit)
+        popped: list[T] = []
+        for day in passed:
+            items = days.pop(day, None)
+            if items is not None:
+                popped.extend(items)
+        self._low = limit
+        return popped
+
+    def __len__(self) -> int:
+        return sum(len(items) for items in self._days.values())

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from asvat.domain.timeutil import (
     MICROS_PER_SECOND,
+    DayIndex,
     TimestampError,
     format_timestamp,
     now_micros,
@@ -140,3 +141,39 @@ def test_now_is_the_wall_clock() -> None:
     now = now_micros()
     after = int(datetime.now(tz=UTC).timestamp() * MICROS_PER_SECOND)
     assert before <= now <= after
+
+
+def test_a_day_index_gives_back_the_items_of_the_days_a_horizon_has_passed() -> None:
+    index: DayIndex[str] = DayIndex()
+    assert index.pop_before(10 * DAY) == []
+    index.add(5 * DAY + HOUR, "a")
+    index.add(3 * DAY, "b")
+    index.add(5 * DAY + 2 * HOUR, "c")
+    index.add(9 * DAY, "d")
+    assert len(index) == 4
+    assert index.pop_before(3 * DAY + HOUR) == []  # day 3 is the horizon's own day
+    assert index.pop_before(5 * DAY + 3 * HOUR) == ["b"]  # day 5 stays whole
+    assert index.pop_before(6 * DAY) == ["a", "c"]
+    index.add(2 * DAY, "late")  # an old time added after the horizon passed it
+    assert index.pop_before(6 * DAY) == ["late"]
+    assert index.pop_before(20_000 * DAY) == ["d"]  # a long jump reads only the days kept
+    assert len(index) == 0
+
+
+@given(
+    st.lists(st.tuples(st.integers(min_value=0, max_value=400 * DAY), st.integers()), max_size=60),
+    st.lists(st.integers(min_value=0, max_value=500 * DAY), max_size=8),
+)
+def test_a_day_index_returns_every_item_once_and_only_when_its_day_is_passed(
+    items: list[tuple[int, int]], horizons: list[int]
+) -> None:
+    index: DayIndex[int] = DayIndex()
+    for at, item in items:
+        index.add(at, item)
+    returned: list[int] = []
+    for horizon in sorted(horizons):
+        popped = index.pop_before(horizon)
+        assert all(any(i == p and at // DAY < horizon // DAY for at, i in items) for p in popped)
+        returned += popped
+    passed = max(horizons, default=0) // DAY
+    assert sorted(returned) == sorted(i for at, i in items if at // DAY < passed)
