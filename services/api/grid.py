@@ -17,7 +17,7 @@ is ``7000 * 100_000 + 13000``, well within a 32-bit integer.
 
 The database computes the same numbers (``migrations/versions/0004_grid_cells.py``, for
 rows written before the column existed); the write path stores :func:`cell_of` with the
-point (``service._place_columns``, ``statistics.locate_unplaced``).
+point (``statistics.place_columns``, which every write of a point uses).
 """
 
 from __future__ import annotations

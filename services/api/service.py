@@ -199,7 +199,7 @@ def upsert_assessments(
     rows = list(latest.values())
     index = areas or statistics.default_areas()
     for row, where in zip(rows, index.locate_keys([r["location_key"] for r in rows]), strict=True):
-        row.update(_place_columns(where))
+        row.update(statistics.place_columns(where))
     previous = {
         r.incident_id: statistics.AssessmentFacts.of_row(r)
         for r in session.execute(
@@ -237,18 +237,6 @@ def upsert_assessments(
     if deltas is None:
         changes.write(session)
     return len(rows)
-
-
-def _place_columns(where: Located) -> dict[str, Any]:
-    return {
-        "easting": where.easting,
-        "northing": where.northing,
-        "lat": where.lat,
-        "lon": where.lon,
-        "grid_cell": grid.cell_of(where.easting, where.northing),
-        "district_code": where.district_code,
-        "ward_code": where.ward_code,
-    }
 
 
 def _place_waiting_escalations(

@@ -27,7 +27,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from services.api import grid
-from services.api.areas import UNASSIGNED, AreaIndex, parse_location_key
+from services.api.areas import UNASSIGNED, AreaIndex, Located, parse_location_key
 from services.api.models import AreaCount, Assessment, DataVersion, Escalation
 
 LOCAL = ZoneInfo("Europe/London")
@@ -210,6 +210,20 @@ def recount(session: Session) -> int:
     return written
 
 
+def place_columns(where: Located) -> dict[str, Any]:
+    """The columns an assessment's place is stored in, its grid cell with its point: every
+    write of a point goes through here, so that radius scans (by cell) see every row."""
+    return {
+        "easting": where.easting,
+        "northing": where.northing,
+        "lat": where.lat,
+        "lon": where.lon,
+        "grid_cell": grid.cell_of(where.easting, where.northing),
+        "district_code": where.district_code,
+        "ward_code": where.ward_code,
+    }
+
+
 def locate_unplaced(session: Session, areas: AreaIndex, batch: int = 2000) -> int:
     """Place assessments stored before places were kept (grid key, no point), then recount.
 
@@ -230,15 +244,7 @@ def locate_unplaced(session: Session, areas: AreaIndex, batch: int = 2000) -> in
             session.execute(
                 update(Assessment)
                 .where(Assessment.incident_id == incident_id)
-                .values(
-                    easting=where.easting,
-                    northing=where.northing,
-                    lat=where.lat,
-                    lon=where.lon,
-                    grid_cell=grid.cell_of(where.easting, where.northing),
-                    district_code=where.district_code,
-                    ward_code=where.ward_code,
-                )
+                .values(place_columns(where))
             )
         placed += len(rows)
     if placed:
