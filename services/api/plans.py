@@ -19,7 +19,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from functools import cache
 from typing import Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import Row, Select, or_, select
 from sqlalchemy.orm import Session
 
 from asvat.domain import plans as rules
@@ -118,7 +118,36 @@ def subject_incidents(
 ) -> Sequence[Assessment]:
     """In-scope incidents of the subject (the victim, or the place: same key or within
     ``radius_m``), newest first, optionally with ``occurred_at`` in ``[start, end)``."""
-    query = select(Assessment).where(Assessment.in_scope.is_(True))
+    query, params = _subject_query(select(Assessment), plan, radius_m, start, end, limit)
+    return session.scalars(query, params).all()
+
+
+#: What a plan's scanning shows of each incident: read as columns, not as whole rows with
+#: their payloads (a draft plan is opened for every location escalation as it is stored,
+#: and loading up to SCANNING_LIMIT payloads was most of what opening one cost).
+_SCAN_COLUMNS = (
+    Assessment.incident_id,
+    Assessment.occurred_at,
+    Assessment.classification,
+    Assessment.payload["asb_category"].as_string().label("asb_category"),
+    Assessment.location_key,
+    Assessment.lat,
+    Assessment.lon,
+    Assessment.easting,
+    Assessment.northing,
+)
+
+
+def _subject_query(
+    query: Select[Any],
+    plan: Plan | Escalation,
+    radius_m: int,
+    start: datetime | None,
+    end: datetime | None,
+    limit: int | None,
+) -> tuple[Select[Any], dict[str, Any]]:
+    """``query`` narrowed to :func:`subject_incidents`' rows, in its order; its parameters."""
+    query = query.where(Assessment.in_scope.is_(True))
     params: dict[str, Any] = {}
     if plan.subject_type == "victim":
         query = query.where(Assessment.victim_key == plan.subject_key)
@@ -138,12 +167,15 @@ def subject_incidents(
     query = query.order_by(Assessment.occurred_at.desc(), Assessment.incident_id)
     if limit is not None:
         query = query.limit(limit)
-    return session.scalars(query, params).all()
+    return query, params
 
 
 def scanning_for(session: Session, row: Escalation, radius_m: int) -> dict[str, Any]:
     """The scanning section pre-filled: the subject's incidents, their times, a map."""
-    found = subject_incidents(session, row, radius_m, limit=SCANNING_LIMIT)
+    query, params = _subject_query(
+        select(*_SCAN_COLUMNS), row, radius_m, None, None, SCANNING_LIMIT
+    )
+    found = session.execute(query, params).all()
     contributing = set(service.summary(row, include_payload=False)["contributing_incident_ids"])
     points = [
         MapPoint(a.easting, a.northing, f"{a.incident_id} {a.occurred_at:%Y-%m-%d %H:%M}")
@@ -161,7 +193,7 @@ def scanning_for(session: Session, row: Escalation, radius_m: int) -> dict[str, 
                 "incident_id": a.incident_id,
                 "occurred_at": _iso(a.occurred_at),
                 "classification": a.classification,
-                "asb_category": (a.payload or {}).get("asb_category"),
+                "asb_category": a.asb_category,
                 "contributing": a.incident_id in contributing,
                 "location_key": a.location_key,
                 "lat": a.lat,
@@ -190,7 +222,7 @@ def scanning_for(session: Session, row: Escalation, radius_m: int) -> dict[str, 
     }
 
 
-def _scan_summary(row: Escalation, found: Sequence[Assessment], radius_m: int) -> str:
+def _scan_summary(row: Escalation, found: Sequence[Row[Any]], radius_m: int) -> str:
     where = (
         f"within {radius_m} m of {row.subject_key}"
         if row.subject_type == "location"
@@ -380,9 +412,11 @@ def close(
 
 def count_before_after(session: Session, plan: Plan, *, closed_at: datetime) -> rules.BeforeAfter:
     start, end = rules.comparison_window(plan.opened_at, closed_at)
-    found = subject_incidents(session, plan, plan.radius_m, start=start, end=end)
+    query, params = _subject_query(
+        select(Assessment.occurred_at), plan, plan.radius_m, start, end, None
+    )
     return before_after(
-        (a.occurred_at for a in found), opened_at=plan.opened_at, closed_at=closed_at
+        session.scalars(query, params), opened_at=plan.opened_at, closed_at=closed_at
     )
 
 

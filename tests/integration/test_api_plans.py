@@ -66,7 +66,9 @@ async def location_plan(api: Api) -> dict[str, Any]:
         api,
         assessments=[
             assessment(1, at=NOW - timedelta(days=1)),
-            assessment(2, at=NOW - timedelta(days=2), dx=60),  # within 100 m
+            # within 100 m, and of ASB (the example is a crime: no category)
+            assessment(2, at=NOW - timedelta(days=2), dx=60)
+            | {"classification": "asb", "asb_category": "nuisance"},
             assessment(3, at=NOW - timedelta(days=2), dx=150),  # beyond the radius
         ],
         escalations=[escalation("location", PLACE)],
@@ -94,6 +96,10 @@ async def test_a_location_escalation_opens_one_draft_with_scanning(api: Api) -> 
     assert plan["radius_m"] == 100 and plan["district"] == "E08000021"
     scanned = [i["incident_id"] for i in plan["scanning"]["incidents"]]
     assert scanned == ["P-1", "P-2"]  # newest first; P-3 is 150 m away
+    assert [(i["classification"], i["asb_category"]) for i in plan["scanning"]["incidents"]] == [
+        ("crime", None),
+        ("asb", "nuisance"),
+    ]
     assert plan["scanning"]["incidents"][0]["contributing"] is True
     assert plan["scanning"]["map_svg"].count("<title>") == 2
     assert len(plan["scanning"]["map_geojson"]["features"]) == 2
