@@ -20,10 +20,11 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import IO
+from typing import IO, Any
 
 from asvat.embedded.broker import (
     EmbeddedBroker,
@@ -232,6 +233,38 @@ def _tail(path: Path, lines: int) -> str:
         return "(no log)"
 
 
+def escalation_line(item: Mapping[str, Any]) -> str:
+    """One console line for an escalation as the API lists it: level, subject, incident
+    and why: the repeat rules met, or, when none was (a single incident whose risk alone
+    reached the level), the score and the factors that made it."""
+    subject = str(item["subject_key"])
+    if item["subject_type"] == "victim":
+        subject = subject[:16]  # a pseudonym; the prefix is enough to tell them apart
+    reasons = [r for r in item.get("reasons") or () if isinstance(r, Mapping)]
+    rules = sorted({str(r["rule_id"]) for r in reasons if r.get("rule_id")})
+    if rules:
+        why = f"rules met: {', '.join(rules)}"
+    else:
+        factors = ", ".join(_factor(r) for r in reasons)
+        score = item.get("risk_score")
+        why = f"no repeat rule met; risk score {score if score is not None else '?'}"
+        why += f" from {factors}" if factors else ""
+    return (
+        f"ESCALATION {item.get('level') or '?'}: {item['subject_type']} {subject} "
+        f"incident {item['incident_id']} ({why})"
+    )
+
+
+def _factor(reason: Mapping[str, Any]) -> str:
+    """``vulnerability +8``, ``asb_category personal +5``: a factor, its value, its weight."""
+    words = [str(reason.get("factor") or "?")]
+    if reason.get("value") not in (None, ""):
+        words.append(str(reason["value"]))
+    if reason.get("weight") is not None:
+        words.append(f"+{reason['weight']}")
+    return " ".join(words)
+
+
 def _watch_escalations(api: str, token: str, out: IO[str], stop: threading.Event) -> None:
     """Print each new escalation the API knows about (a console view of the live feed)."""
     seen: set[str] = set()
@@ -249,16 +282,7 @@ def _watch_escalations(api: str, token: str, out: IO[str], stop: threading.Event
             if seen_as in seen:
                 continue
             seen.add(seen_as)
-            subject = item["subject_key"]
-            if item["subject_type"] == "victim":
-                subject = subject[:16]  # a pseudonym; the prefix is enough to tell them apart
-            rules = sorted({r["rule_id"] for r in item.get("reasons") or () if r.get("rule_id")})
-            print(
-                f"ESCALATION {item.get('level') or '?'}: {item['subject_type']} {subject} "
-                f"incident {item['incident_id']} (rules met: {', '.join(rules) or 'none'})",
-                file=out,
-                flush=True,
-            )
+            print(escalation_line(item), file=out, flush=True)
 
 
 def run_up(settings: Settings, *, policy_path: Path | None, demo: bool, demo_rate: float) -> int:
