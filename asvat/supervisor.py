@@ -256,7 +256,8 @@ def escalation_line(item: Mapping[str, Any]) -> str:
 
 
 def _factor(reason: Mapping[str, Any]) -> str:
-    """``vulnerability +8``, ``asb_category personal +5``: a factor, its value, its weight."""
+    """``asb_category personal +6``, ``vulnerability disability +4``: a factor, its value
+    (when it has one), its weight."""
     words = [str(reason.get("factor") or "?")]
     if reason.get("value") not in (None, ""):
         words.append(str(reason["value"]))

@@ -124,7 +124,7 @@ def subject_incidents(
 
 #: What a plan's scanning shows of each incident: read as columns, not as whole rows with
 #: their payloads (a draft plan is opened for every location escalation as it is stored,
-#: and loading up to SCANNING_LIMIT payloads was most of what opening one cost).
+#: and loading up to SCANNING_LIMIT payloads was more than half of what its scan cost).
 _SCAN_COLUMNS = (
     Assessment.incident_id,
     Assessment.occurred_at,
