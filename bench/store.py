@@ -19,7 +19,8 @@ This benchmark isolates that cost:
    database, whose advisory locks the tests share);
 3. it prints, per run, process CPU time and wall time per message, and the same for the
    assessments alone (a second fresh database, the escalations left out): the difference
-   is what the escalations cost, per escalation. Median of ``--repeat`` runs.
+   is what the escalations cost, per escalation. ``--repeat`` runs of each, taken in
+   turns (the machine is shared); the medians, and the median of the turns' differences.
 
 Process CPU includes SQLite's own work (it runs in this process) but not PostgreSQL's.
 """
@@ -36,7 +37,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -134,10 +135,8 @@ def _database(postgresql: bool, work: str) -> Iterator[str]:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def median_run(measure: Callable[[], Run], repeat: int) -> tuple[Run, list[Run]]:
-    runs = [measure() for _ in range(repeat)]
-    middle = sorted(runs, key=lambda r: r.cpu_s)[len(runs) // 2]
-    return middle, runs
+def median_run(runs: list[Run]) -> Run:
+    return sorted(runs, key=lambda r: r.cpu_s)[len(runs) // 2]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -157,11 +156,19 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(messages):,} messages: {len(assessments):,} assessments, "
           f"{escalations:,} escalations ({args.years} years of the demo stream)", flush=True)
 
-    full, full_runs = median_run(lambda: store_all(args.postgresql, messages, args.batch),
-                                 args.repeat)
-    alone, alone_runs = median_run(
-        lambda: store_all(args.postgresql, assessments, args.batch), args.repeat)
-    per_escalation = (full.cpu_s - alone.cpu_s) / escalations * 1e6 if escalations else 0.0
+    # Taken in turns, so that a change in the machine's speed during the benchmark (it is
+    # shared) falls on both measures alike, and each escalation's cost is the difference
+    # of two runs taken one after the other.
+    full_runs: list[Run] = []
+    alone_runs: list[Run] = []
+    for _ in range(args.repeat):
+        full_runs.append(store_all(args.postgresql, messages, args.batch))
+        alone_runs.append(store_all(args.postgresql, assessments, args.batch))
+    full, alone = median_run(full_runs), median_run(alone_runs)
+    differences = sorted(
+        (f.cpu_s - a.cpu_s) / escalations * 1e6 for f, a in zip(full_runs, alone_runs, strict=True)
+    ) if escalations else [0.0]
+    per_escalation = differences[len(differences) // 2]
     database = "PostgreSQL" if args.postgresql else "SQLite"
 
     def row(label: str, run: Run, runs: list[Run]) -> str:
@@ -176,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     print(row("worker output (assessments and escalations)", full, full_runs))
     print(row("assessments alone", alone, alone_runs))
     print(f"| escalations: the difference, per escalation | {escalations:,} | "
-          f"{per_escalation:.0f} µs | — |")
+          f"{per_escalation:.0f} µs (pairs {', '.join(f'{d:.0f}' for d in differences)}) "
+          "| — |")
     print(f"\nmedian of {args.repeat} runs by CPU time; "
           f"{statistics.fmean(r.cpu_s for r in full_runs):.1f} CPU-s per full run")
     return 0
