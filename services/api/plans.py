@@ -19,7 +19,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Row, Select, or_, select
+from sqlalchemy import Row, Select, select
 from sqlalchemy.orm import Session
 
 from asvat.domain import plans as rules
@@ -152,14 +152,8 @@ def _subject_query(
     if plan.subject_type == "victim":
         query = query.where(Assessment.victim_key == plan.subject_key)
     else:
-        point = statistics.grid_point(plan.subject_key)
-        same = Assessment.location_key == plan.subject_key
-        if point is not None and radius_m > 0:
-            # The grid cells around the point, then the exact distance (service.within_radius).
-            near, params = service.within_radius(*point, radius_m)
-            query = query.where(or_(same, near))
-        else:
-            query = query.where(same)
+        at_place, params = service.at_location(plan.subject_key, radius_m)
+        query = query.where(at_place)
     if start is not None:
         query = query.where(Assessment.occurred_at >= start)
     if end is not None:

@@ -759,19 +759,26 @@ def incidents_at_location(
 ) -> Sequence[Assessment]:
     """Incidents at a place, newest first: the same key, or (``radius_m`` > 0, grid keys
     only) any point within ``radius_m`` metres."""
-    query = select(Assessment)
-    same = Assessment.location_key == location_key
-    point = statistics.grid_point(location_key)
-    params: dict[str, Any] = {}
-    if radius_m > 0 and point is not None:
-        near, params = within_radius(*point, radius_m)
-        query = query.where(or_(same, near))
-    else:
-        query = query.where(same)
+    at_place, params = at_location(location_key, radius_m)
     return session.scalars(
-        query.order_by(Assessment.occurred_at.desc(), Assessment.incident_id).limit(limit),
+        select(Assessment)
+        .where(at_place)
+        .order_by(Assessment.occurred_at.desc(), Assessment.incident_id)
+        .limit(limit),
         params,
     ).all()
+
+
+def at_location(location_key: str, radius_m: int) -> tuple[ColumnElement[bool], dict[str, Any]]:
+    """Assessments at a place: the same key, or (``radius_m`` > 0, grid keys only) any
+    point within ``radius_m`` metres (:func:`within_radius`); a condition and the
+    parameters to execute it with."""
+    same = Assessment.location_key == location_key
+    point = statistics.grid_point(location_key)
+    if radius_m > 0 and point is not None:
+        near, params = within_radius(*point, radius_m)
+        return or_(same, near), params
+    return same, {}
 
 
 def within_radius(
