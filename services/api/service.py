@@ -202,17 +202,7 @@ def upsert_assessments(
         row.update(statistics.place_columns(where))
     previous = {
         r.incident_id: statistics.AssessmentFacts.of_row(r)
-        for r in session.execute(
-            select(
-                Assessment.incident_id,
-                Assessment.occurred_at,
-                Assessment.classification,
-                Assessment.in_scope,
-                Assessment.rules_met,
-                Assessment.district_code,
-                Assessment.ward_code,
-            ).where(Assessment.incident_id.in_(list(latest)))
-        )
+        for r in session.execute(_PREVIOUS_FACTS, {"ids": list(latest)})
     }
     changes = statistics.Deltas() if deltas is None else deltas
     for row in rows:
@@ -223,20 +213,40 @@ def upsert_assessments(
         if old is not None:
             changes.add_assessment(old, -1)
         changes.add_assessment(new, +1)
-    insert = _insert_for(session, Assessment)
-    if insert is None:  # another dialect: portable, row by row
+    upsert = _assessment_upsert(session.get_bind().dialect.name, tuple(rows[0]))
+    if upsert is None:  # another dialect: portable, row by row
         for row in rows:
             session.merge(Assessment(**row))
     else:
-        updated = {
-            name: getattr(insert.excluded, name) for name in rows[0] if name != "incident_id"
-        }
-        stmt = insert.on_conflict_do_update(index_elements=["incident_id"], set_=updated)
-        session.execute(stmt, rows)
+        session.execute(upsert, rows)
     _place_waiting_escalations(session, rows, changes)
     if deltas is None:
         changes.write(session)
     return len(rows)
+
+
+#: The area-count facts of the stored assessments of some incidents (``ids``).
+_PREVIOUS_FACTS = select(
+    Assessment.incident_id,
+    Assessment.occurred_at,
+    Assessment.classification,
+    Assessment.in_scope,
+    Assessment.rules_met,
+    Assessment.district_code,
+    Assessment.ward_code,
+).where(Assessment.incident_id.in_(bindparam("ids", expanding=True)))
+
+
+@lru_cache(maxsize=8)
+def _assessment_upsert(dialect: str, columns: tuple[str, ...]) -> Any:
+    """INSERT … ON CONFLICT (incident_id) DO UPDATE of ``columns``, or None for a dialect
+    without it. Built once: building it (its ``excluded`` columns above all) cost more per
+    batch than running it, when the live feed comes in batches of a few messages."""
+    insert = _insert_for_dialect(dialect, Assessment)
+    if insert is None:
+        return None
+    updated = {name: getattr(insert.excluded, name) for name in columns if name != "incident_id"}
+    return insert.on_conflict_do_update(index_elements=["incident_id"], set_=updated)
 
 
 def _place_waiting_escalations(
@@ -251,11 +261,7 @@ def _place_waiting_escalations(
     # 19 ms a batch at 70,000 escalations, instead of the few rows of these incidents.
     waiting = [
         escalation
-        for escalation in session.scalars(
-            select(Escalation).where(
-                Escalation.incident_id.in_(list(by_incident)), Escalation.location_key.is_(None)
-            )
-        )
+        for escalation in session.scalars(_UNPLACED_ESCALATIONS, {"ids": list(by_incident)})
         if escalation.subject_type == "victim"
     ]
     if not waiting:
@@ -284,6 +290,13 @@ def _place_waiting_escalations(
         )
         appended.append((escalation, event))
     _number_events(session, appended)
+
+
+#: Escalations of some incidents (``ids``) that have no place yet.
+_UNPLACED_ESCALATIONS = select(Escalation).where(
+    Escalation.incident_id.in_(bindparam("ids", expanding=True)),
+    Escalation.location_key.is_(None),
+)
 
 
 def assessment_row(payload: Mapping[str, Any], *, now: datetime) -> dict[str, Any]:
@@ -343,21 +356,12 @@ def record_escalations(
     if not parsed:
         return 0
     lock_feed(session)
-    seen = set(
-        session.scalars(
-            select(EscalationEvent.event_key).where(
-                EscalationEvent.event_key.in_({m["event_key"] for m in parsed})
-            )
-        )
-    )
+    seen = set(session.scalars(_SEEN_EVENT_KEYS, {"keys": list({m["event_key"] for m in parsed})}))
     index = areas or statistics.default_areas()
     changes = statistics.Deltas() if deltas is None else deltas
     # One query each for the escalations already stored and the incidents' places.
     ids = list({m["escalation_id"] for m in parsed})
-    stored = {
-        e.escalation_id: e
-        for e in session.scalars(select(Escalation).where(Escalation.escalation_id.in_(ids)))
-    }
+    stored = {e.escalation_id: e for e in session.scalars(_STORED_ESCALATIONS, {"ids": ids})}
     incidents = list(
         {
             m["payload"].get("incident_id")
@@ -368,10 +372,8 @@ def record_escalations(
     )
     places: dict[str, str | None] = {}
     if incidents:
-        query = select(Assessment.incident_id, Assessment.location_key).where(
-            Assessment.incident_id.in_(incidents)
-        )
-        places = {incident: key for incident, key in session.execute(query).all()}
+        found = session.execute(_INCIDENT_PLACES, {"ids": incidents}).all()
+        places = {incident: key for incident, key in found}
     # Where each escalation not yet stored lies, found in one look-up for the batch (one
     # per escalation cost ~0.15 ms each in the area index).
     new_keys = {
@@ -420,6 +422,19 @@ def record_escalations(
     if deltas is None:
         changes.write(session)
     return new
+
+
+# The batch's look-ups, built once (see ``_assessment_upsert``).
+_SEEN_EVENT_KEYS = select(EscalationEvent.event_key).where(
+    EscalationEvent.event_key.in_(bindparam("keys", expanding=True))
+)
+_STORED_ESCALATIONS = select(Escalation).where(
+    Escalation.escalation_id.in_(bindparam("ids", expanding=True))
+)
+_INCIDENT_PLACES = select(Assessment.incident_id, Assessment.location_key).where(
+    Assessment.incident_id.in_(bindparam("ids", expanding=True))
+)
+_DELETE_REVIEWS = delete(Review).where(Review.escalation_id.in_(bindparam("ids", expanding=True)))
 
 
 def _escalation_message(payload: Mapping[str, Any]) -> dict[str, Any]:
@@ -550,7 +565,7 @@ def _replace_reviews(session: Session, schedules: Mapping[str, list[Review]]) ->
     one flush for a whole batch (a DELETE per message flushed the batch's rows each time)."""
     if not schedules:
         return
-    session.execute(delete(Review).where(Review.escalation_id.in_(list(schedules))))
+    session.execute(_DELETE_REVIEWS, {"ids": list(schedules)})
     for escalation_id, schedule in schedules.items():
         for review in schedule:
             review.escalation_id = escalation_id
@@ -946,8 +961,13 @@ def _insert_for(
     session: Session, model: type[Assessment | Escalation | AreaCount]
 ) -> postgresql.Insert | sqlite.Insert | None:
     """The dialect's INSERT with ON CONFLICT support, or None where there is none."""
+    return _insert_for_dialect(session.get_bind().dialect.name, model)
+
+
+def _insert_for_dialect(
+    dialect: str, model: type[Assessment | Escalation | AreaCount]
+) -> postgresql.Insert | sqlite.Insert | None:
     table = cast(Table, model.__table__)
-    dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
         return postgresql.insert(table)
     if dialect == "sqlite":

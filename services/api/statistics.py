@@ -157,24 +157,32 @@ class Deltas:
         self.changes.clear()
         if not rows:
             return
-        table: Table = AreaCount.__table__  # type: ignore[assignment]
-        dialect = session.get_bind().dialect.name
-        insert = postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
-        stmt = insert.on_conflict_do_update(
-            index_elements=["area_level", "period_kind", "period", "area_code"],
-            set_={name: table.c[name] + insert.excluded[name] for name in COUNTS},
-        )
-        session.execute(stmt, rows)
+        session.execute(_area_counts_upsert(session.get_bind().dialect.name), rows)
         bump_version(session)
+
+
+@lru_cache(maxsize=4)
+def _area_counts_upsert(dialect: str) -> Any:
+    """INSERT … ON CONFLICT DO UPDATE adding to the counts. Built once: building it cost
+    more per transaction than running it when the live feed comes a few messages a batch."""
+    table: Table = AreaCount.__table__  # type: ignore[assignment]
+    insert = postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
+    return insert.on_conflict_do_update(
+        index_elements=["area_level", "period_kind", "period", "area_code"],
+        set_={name: table.c[name] + insert.excluded[name] for name in COUNTS},
+    )
+
+
+_BUMP_VERSION = (
+    update(DataVersion)
+    .where(DataVersion.name == "area_counts")
+    .values(version=DataVersion.version + 1)
+)
 
 
 def bump_version(session: Session) -> None:
     """Note that ``area_counts`` changed (in the same transaction as the change)."""
-    session.execute(
-        update(DataVersion)
-        .where(DataVersion.name == "area_counts")
-        .values(version=DataVersion.version + 1)
-    )
+    session.execute(_BUMP_VERSION)
 
 
 def counts_version(session: Session) -> int:
