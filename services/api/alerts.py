@@ -67,8 +67,15 @@ class FeedNotifier:
         self._event.set()
         self._event = asyncio.Event()
 
-    async def wait(self, timeout: float) -> None:
-        event = self._event
+    def next_change(self) -> asyncio.Event:
+        """What the next :meth:`notify` sets. Take it *before* reading the feed: a notify
+        that comes while the read runs (in a thread) then still wakes the reader, which
+        would otherwise wait for the notify after that, up to its whole poll interval."""
+        return self._event
+
+    async def wait(self, timeout: float, change: asyncio.Event | None = None) -> None:
+        """Until ``change`` (default: the next notify) is set, or ``timeout`` seconds."""
+        event = self._event if change is None else change
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(event.wait(), timeout)
 
@@ -155,9 +162,10 @@ class Feed:
 
     async def next_batch(self, wait: float) -> list[dict[str, Any]]:
         """The next events (possibly none, after ``wait`` seconds or a shutdown)."""
+        change = self.notifier.next_change()
         batch = await run_in_threadpool(self._read)
         if not batch and not self.stopping.is_set():
-            await self.notifier.wait(wait)
+            await self.notifier.wait(wait, change)
             batch = await run_in_threadpool(self._read)
         if batch:
             self.after = batch[-1]["event_id"]
