@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -306,9 +307,16 @@ class ApiConsumer:
 
     def _handle(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> list[Rejected]:
         """Decode and store one batch; the messages set aside (raises DatabaseUnavailable)."""
+        started = time.perf_counter()
         messages, rejected = _decode_all(records)
         stored = rejected + store_batch(self._session_factory, messages, self._areas)
         self._on_stored()  # wake the live alert streams
+        self._metrics.batch_store_seconds.observe(time.perf_counter() - started)
+        now_ms = time.time() * 1000
+        delay = self._metrics.message_delay_seconds
+        for record in records:
+            if record.timestamp > 0:  # -1: the producer set none
+                delay.labels(topic=record.topic).observe(max(0.0, now_ms - record.timestamp) / 1000)
         return stored
 
     def _account(

@@ -1,7 +1,8 @@
 """Prometheus metrics of one API app: its own registry, so two apps in a process never clash.
 
 Counted as requests and messages flow: requests and their latency by route and status,
-messages consumed and set aside, live-alert clients connected.
+messages consumed and set aside, how long a batch takes to store and how late a message is
+stored (from its Kafka timestamp), live-alert clients connected.
 
 Read from the database when Prometheus scrapes (at most every :data:`DB_STATS_TTL_S`
 seconds, each query bounded by :data:`DB_STATS_TIMEOUT_S`): open escalations by level,
@@ -64,6 +65,10 @@ REVIEW_DUE_HORIZON = timedelta(days=7)
 #: Timestamp columns read here (stored as the API stores them: see ``UtcDateTime``).
 TIMESTAMP_COLUMNS = frozenset({"raised_at", "acknowledged_at", "closed_at", "due_at"})
 REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+#: Buckets of the consumer's timings: alerts are expected within a few hundred ms.
+DELIVERY_BUCKETS = (
+    0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0
+)
 
 
 class ApiMetrics:
@@ -97,6 +102,20 @@ class ApiMetrics:
             ["topic"],
             registry=self.registry,
         )
+        self.batch_store_seconds = Histogram(
+            "asvat_api_batch_store_seconds",
+            "Time to decode and store one batch of consumed messages (one transaction).",
+            buckets=DELIVERY_BUCKETS,
+            registry=self.registry,
+        )
+        self.message_delay_seconds = Histogram(
+            "asvat_api_message_delay_seconds",
+            "From a message's Kafka timestamp (when the worker sent it) to its being stored "
+            "here and the live alert streams woken, by topic: how late the dashboards are.",
+            ["topic"],
+            buckets=DELIVERY_BUCKETS,
+            registry=self.registry,
+        )
         self.live_alert_clients = Gauge(
             "asvat_api_live_alert_clients",
             "Clients connected to the live alert feed now.",
@@ -106,6 +125,7 @@ class ApiMetrics:
             # Present from the start at 0, so rate() and alerts work before the first message.
             self.messages_consumed.labels(topic=topic)
             self.messages_invalid.labels(topic=topic)
+            self.message_delay_seconds.labels(topic=topic)
         self.database = DatabaseCollector()
         self.registry.register(self.database)
         if engine is not None:

@@ -201,6 +201,18 @@ async def test_consumer_stores_batches_idempotently_and_sets_aside_malformed(
         text = (await client.get("/metrics")).text
         assert metric(text, "asvat_api_messages_consumed_total", TOPIC_ESCALATIONS) >= 4
         assert metric(text, "asvat_api_messages_consumed_total", TOPIC_ASSESSMENTS) >= 4
+        # How late each message was stored, from its Kafka timestamp: produced just before,
+        # so seconds at most (the alert AsvatAlertsDelayed reads this).
+        for topic in (TOPIC_ASSESSMENTS, TOPIC_ESCALATIONS):
+            delays = metric(text, "asvat_api_message_delay_seconds_count", topic)
+            total = metric(text, "asvat_api_message_delay_seconds_sum", topic)
+            assert delays >= 4 and 0 <= total / delays < WAIT_S, (topic, delays, total)
+        batches = [
+            float(line.split()[-1])
+            for line in text.splitlines()
+            if line.startswith("asvat_api_batch_store_seconds_count ")
+        ]
+        assert batches and batches[0] >= 1
 
         response = await client.get("/readyz")
         assert (response.status_code, response.json()["status"]) == (200, "ok")
