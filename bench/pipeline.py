@@ -63,6 +63,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -771,6 +772,23 @@ def throughput_phases(args: argparse.Namespace, work: Path, rows: list[Row]) -> 
     return profile
 
 
+def latency_alone(args: argparse.Namespace, work: Path, rows: list[Row]) -> None:
+    """(c) alone, on a new pipeline whose database holds nothing else (``--latency-only``:
+    lower than after the (b) passes, whose stored year the API's queries then read)."""
+    pipeline = start_pipeline(work / "latency", ["worker-a"])
+    try:
+        pipeline.cli("db", "upgrade")
+        pipeline.ingest_token = pipeline.cli("token", "create", "--role", "ingest").split()[-1]
+        pipeline.api_token = pipeline.cli("token", "create", "--role", "viewer").split()[-1]
+        for name in ("worker-a", "ingest", "api"):
+            pipeline.start(name)
+        for name in ("worker-a", "ingest", "api"):
+            pipeline.wait_ready(name)
+        rows.extend(latency(args, pipeline, work))
+    finally:
+        pipeline.stop_all()
+
+
 def wait_stored(pipeline: Pipeline, prefix: str, count: int, timeout: float) -> float:
     """When the API's database held an assessment of ``count`` incidents with ``prefix``."""
 
@@ -834,6 +852,7 @@ def latency(args: argparse.Namespace, pipeline: Pipeline, work: Path) -> list[Ro
         thread.join()
     posting_s = time.time() - start
     time.sleep(args.drain)
+    api_timings = api_histograms(pipeline.ports["api"], pipeline.api_token)
     stop.set()
     client.terminate()
     client.join(10)
@@ -878,7 +897,61 @@ def latency(args: argparse.Namespace, pipeline: Pipeline, work: Path) -> list[Ro
     )
     part = Row("(c) of which 202 → record on asvat.escalations.v1 (worker's part)", count,
                posting_s, split, "—", "—", phase.load())
-    return [sse, part]
+    # The API's part: an incident's first escalation record on the topic → its first event
+    # at the SSE client (consume, store, notify, read the feed, send).
+    on_topic_at: dict[str, float] = {}
+    for incident, at in stamper.arrivals:
+        on_topic_at.setdefault(incident, at)
+    at_client: dict[str, float] = {}
+    for line in out_path.read_text().splitlines():
+        arrival, _, data = line.partition("\t")
+        incident = str((json.loads(data).get("escalation") or {}).get("incident_id"))
+        at_client.setdefault(incident, float(arrival))
+    api_part = sorted(
+        (at_client[i] - on_topic_at[i]) * 1000 for i in at_client if i in on_topic_at
+    )
+    if not api_part:
+        return [sse, part]
+    api_split = (
+        f"p50 {percentile(api_part, 0.5):.0f} ms, p95 {percentile(api_part, 0.95):.0f} ms, "
+        f"p99 {percentile(api_part, 0.99):.0f} ms, max {api_part[-1]:.0f} ms over "
+        f"{len(api_part)} incidents' first escalation; the API's own histograms: {api_timings}"
+    )
+    api_row = Row("(c) of which record on the topic → SSE client (the API's part)", count,
+                  posting_s, api_split, "—", "—", phase.load())
+    return [sse, part, api_row]
+
+
+def api_histograms(port: int, token: str) -> str:
+    """The API's consumer timings from its /metrics (bucket bounds, so "≤"): batch store
+    time, and escalation messages' delay from their Kafka timestamp to stored."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/metrics", headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        text = response.read().decode()
+    wanted = {
+        "store a batch": ("asvat_api_batch_store_seconds_bucket", ""),
+        "escalation record → stored": (
+            "asvat_api_message_delay_seconds_bucket", f'topic="{TOPIC_ESCALATIONS}"'),
+    }
+    parts = []
+    for label, (name, having) in wanted.items():
+        buckets: list[tuple[float, float]] = []
+        for line in text.splitlines():
+            if line.startswith(name + "{") and having in line:
+                bound = line.split('le="', 1)[1].split('"', 1)[0]
+                buckets.append((float("inf") if bound == "+Inf" else float(bound),
+                                float(line.rsplit(" ", 1)[1])))
+        buckets.sort()
+        total = buckets[-1][1] if buckets else 0.0
+        if not total:
+            continue
+        quantiles = []
+        for q in (0.5, 0.99):
+            bound = next(b for b, count in buckets if count >= q * total)
+            quantiles.append(f"p{round(q * 100)} ≤ {bound * 1000:.0f} ms")
+        parts.append(f"{label} {', '.join(quantiles)} ({total:.0f})")
+    return "; ".join(parts) or "none"
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -967,6 +1040,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="the process py-spy samples in the profiled (b) pass")
     parser.add_argument("--skip-replay", action="store_true")
     parser.add_argument("--replay-only", action="store_true", help="only (d)")
+    parser.add_argument("--latency-only", action="store_true",
+                        help="only (c), on a pipeline with an empty database")
     parser.add_argument("--quick", action="store_true",
                         help="a smoke run: 2,000 events, 20,000 replayed, 15 s of (c)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
@@ -985,9 +1060,11 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[Row] = []
     profile: list[str] = []
     try:
-        if not args.replay_only:
+        if args.latency_only:
+            latency_alone(args, work, rows)
+        elif not args.replay_only:
             profile = throughput_phases(args, work, rows)
-        if not args.skip_replay:
+        if not args.skip_replay and not args.latency_only:
             replay(args, work, rows)
     finally:
         print_rows(rows, profile, load_start, args.profile)
