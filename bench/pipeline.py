@@ -33,7 +33,11 @@ so that its ratios compare figures taken under the same load:
   (each phone number reports five times within minutes, so the 3rd report raises a victim
   escalation and later ones may upgrade it), one event per request; an SSE client (viewer
   token, its own process) on ``/v1/alerts/stream`` stamps each escalation event; latency =
-  its arrival minus the 202 of the event whose ``incident_id`` it names.
+  its arrival minus the 202 of the event whose ``incident_id`` it names. Split in two: the
+  worker's part (202 → the record on ``asvat.escalations.v1``, read by a consumer in the
+  bench) and the API's (that record → the SSE client), with the API's own histograms of
+  its store and delay over (c) (from its ``/metrics``). ``--latency-only``: (c) alone, on a
+  new pipeline with an empty database.
 * **(d) replay** — on a fresh broker with a live worker (no ingest, no API: the replay
   bypasses ingest's HTTP), ``--replay-events`` pre-pseudonymised events (the Northumbria
   year repeated, each copy a year later with its own ids and callers, as
@@ -823,6 +827,7 @@ def latency(args: argparse.Namespace, pipeline: Pipeline, work: Path) -> list[Ro
     stamper = TopicStamper(servers(pipeline), f"L{run}-")
     if not ready.wait(30):
         raise RuntimeError("the SSE client did not connect")
+    api_before = api_buckets(pipeline.ports["api"], pipeline.api_token)  # (b)'s backlog
     accepted: dict[str, float] = {}
     lock = threading.Lock()
     next_index = [0]
@@ -852,7 +857,7 @@ def latency(args: argparse.Namespace, pipeline: Pipeline, work: Path) -> list[Ro
         thread.join()
     posting_s = time.time() - start
     time.sleep(args.drain)
-    api_timings = api_histograms(pipeline.ports["api"], pipeline.api_token)
+    api_timings = api_histograms(pipeline.ports["api"], pipeline.api_token, api_before)
     stop.set()
     client.terminate()
     client.join(10)
@@ -922,27 +927,38 @@ def latency(args: argparse.Namespace, pipeline: Pipeline, work: Path) -> list[Ro
     return [sse, part, api_row]
 
 
-def api_histograms(port: int, token: str) -> str:
-    """The API's consumer timings from its /metrics (bucket bounds, so "≤"): batch store
-    time, and escalation messages' delay from their Kafka timestamp to stored."""
+#: The API's consumer histograms (c) reports: label → (sample name, label it must carry).
+API_HISTOGRAMS = {
+    "store a batch": ("asvat_api_batch_store_seconds_bucket", ""),
+    "escalation record → stored": (
+        "asvat_api_message_delay_seconds_bucket", f'topic="{TOPIC_ESCALATIONS}"'),
+}
+
+
+def api_buckets(port: int, token: str) -> dict[str, dict[float, float]]:
+    """The cumulative bucket counts of :data:`API_HISTOGRAMS` on the API's /metrics now."""
     request = urllib.request.Request(
         f"http://127.0.0.1:{port}/metrics", headers={"Authorization": f"Bearer {token}"})
     with urllib.request.urlopen(request, timeout=10) as response:
         text = response.read().decode()
-    wanted = {
-        "store a batch": ("asvat_api_batch_store_seconds_bucket", ""),
-        "escalation record → stored": (
-            "asvat_api_message_delay_seconds_bucket", f'topic="{TOPIC_ESCALATIONS}"'),
-    }
-    parts = []
-    for label, (name, having) in wanted.items():
-        buckets: list[tuple[float, float]] = []
+    found: dict[str, dict[float, float]] = {}
+    for label, (name, having) in API_HISTOGRAMS.items():
+        buckets = found.setdefault(label, {})
         for line in text.splitlines():
             if line.startswith(name + "{") and having in line:
                 bound = line.split('le="', 1)[1].split('"', 1)[0]
-                buckets.append((float("inf") if bound == "+Inf" else float(bound),
-                                float(line.rsplit(" ", 1)[1])))
-        buckets.sort()
+                buckets[float("inf") if bound == "+Inf" else float(bound)] = float(
+                    line.rsplit(" ", 1)[1])
+    return found
+
+
+def api_histograms(port: int, token: str, before: dict[str, dict[float, float]]) -> str:
+    """The API's consumer timings since ``before`` (bucket bounds, so "≤"): batch store
+    time, and escalation messages' delay from their Kafka timestamp to stored."""
+    parts = []
+    for label, now in api_buckets(port, token).items():
+        earlier = before.get(label, {})
+        buckets = sorted((bound, count - earlier.get(bound, 0.0)) for bound, count in now.items())
         total = buckets[-1][1] if buckets else 0.0
         if not total:
             continue
