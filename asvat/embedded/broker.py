@@ -107,7 +107,9 @@ def group_consumer(
         "client_id": f"{group_id}-consumer",
         "auto_offset_reset": "earliest",
         "enable_auto_commit": False,
-        "session_timeout_ms": 10_000,
+        # Kafka's least (group.min.session.timeout.ms); the embedded broker holds a join
+        # open for half of it (see services/repeat_detector/app.py).
+        "session_timeout_ms": 6_000,
         "heartbeat_interval_ms": 1_000,
         "metadata_max_age_ms": 5_000,
         "retry_backoff_ms": 500,
