@@ -45,6 +45,7 @@ NATIVE_MODULES: tuple[str, ...] = (
     "asvat.domain.engine",
     "asvat.domain.escalation_lifecycle",
     "asvat.domain.integrity",
+    "asvat.domain.partitioner",
     "asvat.domain.risk",
     "asvat.domain.timeutil",
 )

@@ -7,8 +7,9 @@ records are grouped per topic partition and each group goes as one or more aioka
 batches, in order.
 
 A record goes to the partition Kafka's default partitioner gives its key (murmur2 of the
-UTF-8 key, as the Java client, kafka-python and aiokafka compute it), so consumers that key
-their work by partition (the worker's ownership) see what ``send`` would have given them.
+UTF-8 key, as the Java client, kafka-python and aiokafka compute it: ``key_hash``, from
+``asvat.domain.partitioner``, compiled with the domain core), so consumers that key their
+work by partition (the worker's ownership) see what ``send`` would have given them.
 """
 
 from __future__ import annotations
@@ -17,19 +18,13 @@ import asyncio
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
-from kafka.partitioner.default import murmur2
+from asvat.domain.partitioner import key_hash
 
 if TYPE_CHECKING:
     from aiokafka import AIOKafkaProducer
     from aiokafka.producer.message_accumulator import BatchBuilder
 
 Record = tuple[str, str, bytes]  # (topic, key, value); the key is sent UTF-8 encoded
-
-
-def key_hash(key: str) -> int:
-    """What Kafka's default partitioner computes of ``key`` (UTF-8) before taking it modulo
-    the number of partitions: murmur2, made non-negative."""
-    return int(murmur2(key.encode("utf-8")) & 0x7FFFFFFF)
 
 
 def partition_of(key: str, partitions: int) -> int:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from asvat.record_batches import key_hash
+from asvat.domain.partitioner import key_hash
 
 
 class Ownership:
@@ -34,8 +34,9 @@ class Ownership:
         self._cache: dict[str, int] = {}
 
     def key_hash(self, key: str) -> int:
-        """:func:`key_hash`, remembered: the murmur2 of a key costs 7-25 µs in Python, and
-        the same keys are asked about to decide ownership and again to publish."""
+        """:func:`key_hash`, remembered: the same keys are asked about to decide ownership
+        and again to publish (compiled, a key's murmur2 takes under 1 µs; interpreted,
+        5-25 µs)."""
         found = self._cache.get(key)
         if found is None:
             if len(self._cache) > 200_000:
