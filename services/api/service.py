@@ -226,15 +226,9 @@ def upsert_assessments(
 
 
 #: The area-count facts of the stored assessments of some incidents (``ids``).
-_PREVIOUS_FACTS = select(
-    Assessment.incident_id,
-    Assessment.occurred_at,
-    Assessment.classification,
-    Assessment.in_scope,
-    Assessment.rules_met,
-    Assessment.district_code,
-    Assessment.ward_code,
-).where(Assessment.incident_id.in_(bindparam("ids", expanding=True)))
+_PREVIOUS_FACTS = select(Assessment.incident_id, *statistics.FACT_COLUMNS).where(
+    Assessment.incident_id.in_(bindparam("ids", expanding=True))
+)
 
 
 @lru_cache(maxsize=8)

@@ -114,6 +114,16 @@ class AssessmentFacts:
         )
 
 
+#: The columns :meth:`AssessmentFacts.of_row` reads, in a query's select list.
+FACT_COLUMNS = (
+    Assessment.occurred_at,
+    Assessment.classification,
+    Assessment.in_scope,
+    Assessment.rules_met,
+    Assessment.district_code,
+    Assessment.ward_code,
+)
+
 Key = tuple[str, str, str, str]  # area_level, period_kind, period, area_code
 
 
@@ -198,16 +208,7 @@ def recount(session: Session) -> int:
     session.execute(delete(AreaCount))
     bump_version(session)
     deltas = Deltas()
-    for row in session.execute(
-        select(
-            Assessment.occurred_at,
-            Assessment.classification,
-            Assessment.in_scope,
-            Assessment.rules_met,
-            Assessment.district_code,
-            Assessment.ward_code,
-        )
-    ):
+    for row in session.execute(select(*FACT_COLUMNS)):
         deltas.add_assessment(AssessmentFacts.of_row(row), +1)
     for raised_at, district, ward in session.execute(
         select(Escalation.raised_at, Escalation.district_code, Escalation.ward_code)
