@@ -45,6 +45,9 @@ so that its ratios compare figures taken under the same load:
   aiokafka producer in its own process; time from the first write until every incident
   has an assessment.
 
+``--rebuild-only`` instead: a worker started on a topic that already holds
+``--replay-events`` events, spawn → ready (a restart of a worker on a national year).
+
 Load average (1 min) is printed at the start and end of each phase: the machine is shared.
 Targets (issue #4): (b)/(a) >= 0.10, (c) p99 <= 250 ms, (d) <= 5 minutes.
 """
@@ -1023,6 +1026,35 @@ def replay(args: argparse.Namespace, work: Path, rows: list[Row]) -> None:
         pipeline.stop_all()
 
 
+def rebuild(args: argparse.Namespace, work: Path, rows: list[Row]) -> None:
+    """A worker started on a topic that already holds ``--replay-events`` events (a restart
+    after both workers stopped): spawn → ready (``/readyz``: read it all, published its
+    snapshot). ``--rebuild-only``."""
+    n = args.replay_events
+    print(f"[{time.strftime('%H:%M:%S')}] making {n:,} events for the rebuild", flush=True)
+    messages = replay_messages(n)
+    pipeline = start_pipeline(work / "rebuild", ["worker-a"])
+    try:
+        asyncio.run(produce(servers(pipeline), messages))
+        del messages
+        phase = Phase(f"worker rebuilding from {n:,} events")
+        spawned = time.time()
+        pipeline.start("worker-a")
+        pipeline.wait_ready("worker-a", timeout=args.timeout_replay)
+        seconds = time.time() - spawned
+        pid = pipeline.pid("worker-a")
+        cpu = cpu_seconds(pid)
+        state = pipeline.readyz("worker-a")
+        rows.append(Row(
+            "worker restart: spawn → ready on a topic already holding the events (start, "
+            "group join, read every partition, snapshot published)", n, seconds,
+            f"{seconds / 60:.1f} min = {n / seconds:,.0f} events/s (worker CPU {cpu:.0f} s; "
+            f"RSS {_rss_mib(pid):,} MiB; {state.get('retained_incidents', 0):,} incidents "
+            "retained)", "—", "—", phase.load()))
+    finally:
+        pipeline.stop_all()
+
+
 def _rss_mib(pid: int) -> int:
     with open(f"/proc/{pid}/status", encoding="ascii") as status:
         for line in status:
@@ -1056,6 +1088,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="the process py-spy samples in the profiled (b) pass")
     parser.add_argument("--skip-replay", action="store_true")
     parser.add_argument("--replay-only", action="store_true", help="only (d)")
+    parser.add_argument("--rebuild-only", action="store_true",
+                        help="only a worker's restart on a topic holding --replay-events")
     parser.add_argument("--latency-only", action="store_true",
                         help="only (c), on a pipeline with an empty database")
     parser.add_argument("--quick", action="store_true",
@@ -1076,11 +1110,13 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[Row] = []
     profile: list[str] = []
     try:
-        if args.latency_only:
+        if args.rebuild_only:
+            rebuild(args, work, rows)
+        elif args.latency_only:
             latency_alone(args, work, rows)
         elif not args.replay_only:
             profile = throughput_phases(args, work, rows)
-        if not args.skip_replay and not args.latency_only:
+        if not (args.skip_replay or args.latency_only or args.rebuild_only):
             replay(args, work, rows)
     finally:
         print_rows(rows, profile, load_start, args.profile)
