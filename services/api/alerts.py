@@ -73,11 +73,11 @@ class FeedNotifier:
         would otherwise wait for the notify after that, up to its whole poll interval."""
         return self._event
 
-    async def wait(self, timeout: float, change: asyncio.Event | None = None) -> None:
-        """Until ``change`` (default: the next notify) is set, or ``timeout`` seconds."""
-        event = self._event if change is None else change
+    @staticmethod
+    async def wait(change: asyncio.Event, timeout: float) -> None:
+        """Until ``change`` (from :meth:`next_change`) is set, or ``timeout`` seconds."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), timeout)
+            await asyncio.wait_for(change.wait(), timeout)
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,7 +165,7 @@ class Feed:
         change = self.notifier.next_change()
         batch = await run_in_threadpool(self._read)
         if not batch and not self.stopping.is_set():
-            await self.notifier.wait(wait, change)
+            await self.notifier.wait(change, wait)
             batch = await run_in_threadpool(self._read)
         if batch:
             self.after = batch[-1]["event_id"]

@@ -314,9 +314,10 @@ class ApiConsumer:
         self._metrics.batch_store_seconds.observe(time.perf_counter() - started)
         now_ms = time.time() * 1000
         delay = self._metrics.message_delay_seconds
+        by_topic = {topic: delay.labels(topic=topic) for topic in {r.topic for r in records}}
         for record in records:
             if record.timestamp > 0:  # -1: the producer set none
-                delay.labels(topic=record.topic).observe(max(0.0, now_ms - record.timestamp) / 1000)
+                by_topic[record.topic].observe(max(0.0, now_ms - record.timestamp) / 1000)
         return stored
 
     def _account(

@@ -951,16 +951,10 @@ def _digest(*parts: str) -> str:
     return hashlib.sha256("|".join(parts).encode("utf-8")).hexdigest()
 
 
-def _insert_for(
-    session: Session, model: type[Assessment | Escalation | AreaCount]
-) -> postgresql.Insert | sqlite.Insert | None:
-    """The dialect's INSERT with ON CONFLICT support, or None where there is none."""
-    return _insert_for_dialect(session.get_bind().dialect.name, model)
-
-
 def _insert_for_dialect(
     dialect: str, model: type[Assessment | Escalation | AreaCount]
 ) -> postgresql.Insert | sqlite.Insert | None:
+    """The dialect's INSERT with ON CONFLICT support, or None where there is none."""
     table = cast(Table, model.__table__)
     if dialect == "postgresql":
         return postgresql.insert(table)
