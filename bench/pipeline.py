@@ -79,6 +79,7 @@ from typing import Any
 
 import phonenumbers
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -613,6 +614,13 @@ def start_pipeline(data_dir: Path, names: Iterable[str]) -> Pipeline:
     return pipeline
 
 
+def prepare_api(pipeline: Pipeline) -> None:
+    """The API's database migrated, and the tokens the bench posts and reads with."""
+    pipeline.cli("db", "upgrade")
+    pipeline.ingest_token = pipeline.cli("token", "create", "--role", "ingest").split()[-1]
+    pipeline.api_token = pipeline.cli("token", "create", "--role", "viewer").split()[-1]
+
+
 def wait_counter(counter: AssessmentCounter, timeout: float, pipeline: Pipeline) -> float:
     try:
         return counter.wait(timeout)
@@ -627,9 +635,7 @@ def throughput_phases(args: argparse.Namespace, work: Path, rows: list[Row]) -> 
     counter: AssessmentCounter | None = None
     profile: list[str] = []
     try:
-        pipeline.cli("db", "upgrade")
-        pipeline.ingest_token = pipeline.cli("token", "create", "--role", "ingest").split()[-1]
-        pipeline.api_token = pipeline.cli("token", "create", "--role", "viewer").split()[-1]
+        prepare_api(pipeline)
         bootstrap = servers(pipeline)
         n = args.events
 
@@ -784,9 +790,7 @@ def latency_alone(args: argparse.Namespace, work: Path, rows: list[Row]) -> None
     lower than after the (b) passes, whose stored year the API's queries then read)."""
     pipeline = start_pipeline(work / "latency", ["worker-a"])
     try:
-        pipeline.cli("db", "upgrade")
-        pipeline.ingest_token = pipeline.cli("token", "create", "--role", "ingest").split()[-1]
-        pipeline.api_token = pipeline.cli("token", "create", "--role", "viewer").split()[-1]
+        prepare_api(pipeline)
         for name in ("worker-a", "ingest", "api"):
             pipeline.start(name)
         for name in ("worker-a", "ingest", "api"):
@@ -873,10 +877,12 @@ def latency(args: argparse.Namespace, pipeline: Pipeline, work: Path) -> list[Ro
     latencies: list[float] = []
     kinds: collections.Counter[str] = collections.Counter()
     unmatched = 0
+    at_client: dict[str, float] = {}  # each incident's first event at the client
     for line in out_path.read_text().splitlines():
         arrival, _, data = line.partition("\t")
         item = json.loads(data)
         incident = str((item.get("escalation") or {}).get("incident_id"))
+        at_client.setdefault(incident, float(arrival))
         if incident in accepted:
             latencies.append((float(arrival) - accepted[incident]) * 1000)
             kinds[f"{item.get('kind')}:{(item.get('escalation') or {}).get('level')}"] += 1
@@ -887,10 +893,10 @@ def latency(args: argparse.Namespace, pipeline: Pipeline, work: Path) -> list[Ro
         figure = f"no escalation arrived ({unmatched} unmatched)"
         p99 = float("nan")
     else:
-        p50, p95, p99 = (percentile(latencies, q) for q in (0.50, 0.95, 0.99))
+        p99 = percentile(latencies, 0.99)
         mix = ", ".join(f"{k} {v}" for k, v in sorted(kinds.items()))
         figure = (
-            f"p50 {p50:.0f} ms, p95 {p95:.0f} ms, p99 {p99:.0f} ms, max {latencies[-1]:.0f} ms "
+            f"{spread(latencies)}, max {latencies[-1]:.0f} ms "
             f"over {len(latencies)} escalation events ({mix}; {unmatched} not from this "
             f"stream); {count} events posted in {posting_s:.1f} s"
         )
@@ -899,10 +905,7 @@ def latency(args: argparse.Namespace, pipeline: Pipeline, work: Path) -> list[Ro
               f"p99 ≤ {TARGET_P99_MS:.0f} ms", phase.load())
     if not on_topic:
         return [sse]
-    split = (
-        f"p50 {percentile(on_topic, 0.5):.0f} ms, p95 {percentile(on_topic, 0.95):.0f} ms, "
-        f"p99 {percentile(on_topic, 0.99):.0f} ms over {len(on_topic)} escalation records"
-    )
+    split = f"{spread(on_topic)} over {len(on_topic)} escalation records"
     part = Row("(c) of which 202 → record on asvat.escalations.v1 (worker's part)", count,
                posting_s, split, "—", "—", phase.load())
     # The API's part: an incident's first escalation record on the topic → its first event
@@ -910,31 +913,24 @@ def latency(args: argparse.Namespace, pipeline: Pipeline, work: Path) -> list[Ro
     on_topic_at: dict[str, float] = {}
     for incident, at in stamper.arrivals:
         on_topic_at.setdefault(incident, at)
-    at_client: dict[str, float] = {}
-    for line in out_path.read_text().splitlines():
-        arrival, _, data = line.partition("\t")
-        incident = str((json.loads(data).get("escalation") or {}).get("incident_id"))
-        at_client.setdefault(incident, float(arrival))
     api_part = sorted(
         (at_client[i] - on_topic_at[i]) * 1000 for i in at_client if i in on_topic_at
     )
     if not api_part:
         return [sse, part]
     api_split = (
-        f"p50 {percentile(api_part, 0.5):.0f} ms, p95 {percentile(api_part, 0.95):.0f} ms, "
-        f"p99 {percentile(api_part, 0.99):.0f} ms, max {api_part[-1]:.0f} ms over "
-        f"{len(api_part)} incidents' first escalation; the API's own histograms: {api_timings}"
+        f"{spread(api_part)}, max {api_part[-1]:.0f} ms over {len(api_part)} incidents' first "
+        f"escalation; the API's own histograms: {api_timings}"
     )
     api_row = Row("(c) of which record on the topic → SSE client (the API's part)", count,
                   posting_s, api_split, "—", "—", phase.load())
     return [sse, part, api_row]
 
 
-#: The API's consumer histograms (c) reports: label → (sample name, label it must carry).
-API_HISTOGRAMS = {
-    "store a batch": ("asvat_api_batch_store_seconds_bucket", ""),
-    "escalation record → stored": (
-        "asvat_api_message_delay_seconds_bucket", f'topic="{TOPIC_ESCALATIONS}"'),
+#: The API's consumer histograms (c) reports: label → (bucket sample, its topic label).
+API_HISTOGRAMS: dict[str, tuple[str, str | None]] = {
+    "store a batch": ("asvat_api_batch_store_seconds_bucket", None),
+    "escalation record → stored": ("asvat_api_message_delay_seconds_bucket", TOPIC_ESCALATIONS),
 }
 
 
@@ -944,14 +940,12 @@ def api_buckets(port: int, token: str) -> dict[str, dict[float, float]]:
         f"http://127.0.0.1:{port}/metrics", headers={"Authorization": f"Bearer {token}"})
     with urllib.request.urlopen(request, timeout=10) as response:
         text = response.read().decode()
-    found: dict[str, dict[float, float]] = {}
-    for label, (name, having) in API_HISTOGRAMS.items():
-        buckets = found.setdefault(label, {})
-        for line in text.splitlines():
-            if line.startswith(name + "{") and having in line:
-                bound = line.split('le="', 1)[1].split('"', 1)[0]
-                buckets[float("inf") if bound == "+Inf" else float(bound)] = float(
-                    line.rsplit(" ", 1)[1])
+    found: dict[str, dict[float, float]] = {label: {} for label in API_HISTOGRAMS}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            for label, (name, topic) in API_HISTOGRAMS.items():
+                if sample.name == name and sample.labels.get("topic") == topic:
+                    found[label][float(sample.labels["le"])] = sample.value
     return found
 
 
@@ -971,6 +965,12 @@ def api_histograms(port: int, token: str, before: dict[str, dict[float, float]])
             quantiles.append(f"p{round(q * 100)} ≤ {bound * 1000:.0f} ms")
         parts.append(f"{label} {', '.join(quantiles)} ({total:.0f})")
     return "; ".join(parts) or "none"
+
+
+def spread(sorted_ms: list[float]) -> str:
+    """``p50 …, p95 …, p99 … ms`` of sorted milliseconds."""
+    return ", ".join(f"p{round(q * 100)} {percentile(sorted_ms, q):.0f} ms"
+                     for q in (0.50, 0.95, 0.99))
 
 
 def percentile(values: list[float], q: float) -> float:
