@@ -128,6 +128,17 @@ class Settings(BaseSettings):
         description="ASVAT_WORKER_STALL_SECONDS: the worker's `/readyz` fails when work waits "
         "and nothing was applied, or nothing committed, for this long.",
     )
+    worker_checkpoint_seconds: float = Field(
+        300.0,
+        ge=0,
+        description="ASVAT_WORKER_CHECKPOINT_SECONDS: how often a caught-up worker writes "
+        "a checkpoint of its state (a restart then reads only what came after it); 0: never.",
+    )
+    worker_checkpoint_dir: Path | None = Field(
+        None,
+        description="ASVAT_WORKER_CHECKPOINT_DIR: the directory of the worker's checkpoint file. "
+        "Unset: `<ASVAT_DATA_DIR>/worker/checkpoint-<ASVAT_WORKER_PORT>` (one per worker).",
+    )
     consumer_group: str = Field(
         "asvat-repeat-detector",
         description="ASVAT_CONSUMER_GROUP: Kafka consumer group (faust app id) of the workers.",
@@ -198,6 +209,13 @@ class Settings(BaseSettings):
         if self.event_log_url:
             return self.event_log_url
         return f"sqlite:///{(self.data_dir / 'ingest-events.db').resolve()}"
+
+    @property
+    def resolved_checkpoint_dir(self) -> Path:
+        """Where this worker keeps its checkpoint (one store per worker: RocksDB locks it)."""
+        if self.worker_checkpoint_dir is not None:
+            return self.worker_checkpoint_dir
+        return self.data_path / "worker" / f"checkpoint-{self.worker_port}"
 
     @cached_property
     def data_path(self) -> Path:

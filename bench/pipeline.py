@@ -46,7 +46,9 @@ so that its ratios compare figures taken under the same load:
   has an assessment.
 
 ``--rebuild-only`` instead: a worker started on a topic that already holds
-``--replay-events`` events, spawn → ready (a restart of a worker on a national year).
+``--replay-events`` events, spawn → ready (a restart of a worker on a national year with no
+checkpoint); the checkpoint it then writes; and, killed and restarted with
+``--tail-events`` more events on the topic, spawn → ready from that checkpoint.
 
 Load average (1 min) is printed at the start and end of each phase: the machine is shared.
 Targets (issue #4): (b)/(a) >= 0.10, (c) p99 <= 250 ms, (d) <= 5 minutes.
@@ -1028,11 +1030,15 @@ def replay(args: argparse.Namespace, work: Path, rows: list[Row]) -> None:
 
 def rebuild(args: argparse.Namespace, work: Path, rows: list[Row]) -> None:
     """A worker started on a topic that already holds ``--replay-events`` events (a restart
-    after both workers stopped): spawn → ready (``/readyz``: read it all, published its
-    snapshot). ``--rebuild-only``."""
-    n = args.replay_events
-    print(f"[{time.strftime('%H:%M:%S')}] making {n:,} events for the rebuild", flush=True)
-    messages = replay_messages(n)
+    after both workers stopped, with no checkpoint): spawn → ready (``/readyz``: read it
+    all, published its snapshot). Then the checkpoint it writes once caught up, and a
+    restart from it: the worker killed (SIGKILL), ``--tail-events`` more events written
+    while it is down, spawn → ready again. ``--rebuild-only``."""
+    n, tail = args.replay_events, args.tail_events
+    print(f"[{time.strftime('%H:%M:%S')}] making {n + tail:,} events for the rebuild", flush=True)
+    messages = replay_messages(n + tail)
+    later = messages[n:]
+    del messages[n:]
     pipeline = start_pipeline(work / "rebuild", ["worker-a"])
     try:
         asyncio.run(produce(servers(pipeline), messages))
@@ -1044,13 +1050,46 @@ def rebuild(args: argparse.Namespace, work: Path, rows: list[Row]) -> None:
         seconds = time.time() - spawned
         pid = pipeline.pid("worker-a")
         cpu = cpu_seconds(pid)
+        rss = _rss_mib(pid)
         state = pipeline.readyz("worker-a")
         rows.append(Row(
-            "worker restart: spawn → ready on a topic already holding the events (start, "
-            "group join, read every partition, snapshot published)", n, seconds,
+            "worker restart without a checkpoint: spawn → ready on a topic already holding "
+            "the events (start, group join, read every partition, snapshot published)", n,
+            seconds,
             f"{seconds / 60:.1f} min = {n / seconds:,.0f} events/s (worker CPU {cpu:.0f} s; "
-            f"RSS {_rss_mib(pid):,} MiB; {state.get('retained_incidents', 0):,} incidents "
+            f"RSS {rss:,} MiB; {state.get('retained_incidents', 0):,} incidents "
             "retained)", "—", "—", phase.load()))
+
+        phase = Phase("the checkpoint written once caught up")
+        written = wait_for(
+            lambda: pipeline.readyz("worker-a").get("checkpoint", {}).get("last_written"),
+            args.timeout_replay, "the worker's first checkpoint")
+        rows.append(Row(
+            "checkpoint: state encoded and written by a forked child (the worker goes on)", n,
+            float(written["seconds"]),
+            f"{written['size'] / 2**20:,.0f} MiB for {written['retained_incidents']:,} "
+            "incidents", "—", "—", phase.load()))
+
+        pipeline.kill("worker-a")
+        asyncio.run(produce(servers(pipeline), later))
+        del later
+        phase = Phase(f"worker restarting from its checkpoint, {tail:,} events after it")
+        spawned = time.time()
+        pipeline.start("worker-a")
+        pipeline.wait_ready("worker-a", timeout=args.timeout_replay)
+        seconds = time.time() - spawned
+        pid = pipeline.pid("worker-a")
+        cpu = cpu_seconds(pid)
+        state = pipeline.readyz("worker-a")
+        restored = state.get("checkpoint", {}).get("restored")
+        assert restored is not None, "the worker did not start from its checkpoint"
+        rows.append(Row(
+            f"worker restart from its checkpoint (killed; {tail:,} events written meanwhile): "
+            "spawn → ready (load, group join, read the rest, snapshot published)", n + tail,
+            seconds,
+            f"{seconds:.1f} s (worker CPU {cpu:.0f} s; RSS {_rss_mib(pid):,} MiB; "
+            f"{state.get('retained_incidents', 0):,} incidents retained)", "—", "—",
+            phase.load()))
     finally:
         pipeline.stop_all()
 
@@ -1075,6 +1114,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else "")
     parser.add_argument("--events", type=int, default=40_000, help="events for (a) and (b)")
     parser.add_argument("--replay-events", type=int, default=2_000_000)
+    parser.add_argument("--tail-events", type=int, default=20_000,
+                        help="--rebuild-only: events written while the worker is down")
     parser.add_argument("--posters", type=int, default=4, help="posting processes in (b)")
     parser.add_argument("--passes", type=int, default=3, choices=range(1, 4),
                         help="(b) passes (odd: a median)")

@@ -167,6 +167,14 @@ class CaseReviewTracker:
         # The subjects by the day of each complaint counted (for forget_before).
         self._counted_days: DayIndex[str] = DayIndex()
 
+    def export_state(self) -> dict[str, Any]:
+        """The complaints already counted, per subject (for a checkpoint)."""
+        return {"counted": self._counted, "counted_days": self._counted_days.export_state()}
+
+    def import_state(self, state: dict[str, Any]) -> None:
+        self._counted = state["counted"]
+        self._counted_days.import_state(state["counted_days"])
+
     def observe(
         self,
         subject_key: str,

@@ -233,6 +233,37 @@ class Detector:
             "closes": len(self._closed_ids) + len(self._pending_closes),
         }
 
+    def export_state(self) -> dict[str, Any]:
+        """Everything this detector has learnt from the events and commands applied, as
+        plain values and domain records; nothing derived from the policy (for a checkpoint:
+        :mod:`asvat.domain.checkpoint`, which also checks the policy is the same)."""
+        return {
+            "engine": self.engine.export_state(),
+            "lifecycle": self.lifecycle.export_state(),
+            "case_reviews": self.case_reviews.export_state(),
+            "findings": self._findings,
+            "case_reviews_issued": self._case_reviews_issued,
+            "case_review_days": self._case_review_days.export_state(),
+            "pending_closes": self._pending_closes,
+            "closed_ids": self._closed_ids,
+            "forgotten_before": self._forgotten_before,
+        }
+
+    def import_state(self, state: dict[str, Any]) -> None:
+        """Take over what :meth:`export_state` gave, on a new detector of the same policy
+        and ``forget``. Applying the next events then gives what the exporting detector
+        would have given, except that an incident's first assessment after the import is
+        issued even where it is unchanged (see :meth:`DetectionEngine.import_state`)."""
+        self.engine.import_state(state["engine"])
+        self.lifecycle.import_state(state["lifecycle"])
+        self.case_reviews.import_state(state["case_reviews"])
+        self._findings = state["findings"]
+        self._case_reviews_issued = state["case_reviews_issued"]
+        self._case_review_days.import_state(state["case_review_days"])
+        self._pending_closes = state["pending_closes"]
+        self._closed_ids = state["closed_ids"]
+        self._forgotten_before = state["forgotten_before"]
+
     def _forget_before(self, horizon: int | None) -> None:
         """Forget what only concerns incidents the engine has forgotten (those that occurred
         before ``horizon``): no event still to be applied can reach them. Their integrity

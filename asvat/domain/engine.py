@@ -41,6 +41,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from math import floor
 from operator import attrgetter
+from typing import Any
 
 from asvat.domain.assessment import Assessment, Escalation, NotApplied
 from asvat.domain.identity import victim_keys
@@ -110,6 +111,15 @@ class _Timeline:
         if times[-1] < t:
             return True
         return self.items[-1] is record and (len(times) == 1 or times[-2] < t)
+
+
+def _timeline_of(records: dict[str, _Record], incident_ids: list[str]) -> _Timeline:
+    """A timeline of the records of ``incident_ids``, in that order (already sorted)."""
+    timeline = _Timeline()
+    items = [records[incident_id] for incident_id in incident_ids]
+    timeline.items = items
+    timeline.times = [record.event.occurred_at for record in items]
+    return timeline
 
 
 def location_key(place: Place | None) -> str | None:
@@ -421,6 +431,76 @@ class DetectionEngine:
         for event in events:
             outcome = self.apply(event)
             sink.escalations.extend(outcome.escalations)
+
+    def export_state(self) -> dict[str, Any]:
+        """Everything this engine has learnt, as plain values and incident events (for a
+        checkpoint, :mod:`asvat.domain.checkpoint`); nothing derived from the policy.
+
+        The indices are given as incident ids in their order (ties included), so that
+        :meth:`import_state` rebuilds them exactly. The records' fingerprints are not
+        kept: they hash strings, whose hashes differ from one process to the next.
+        """
+        return {
+            "records": [
+                (record.event, record.active, record.eligible)
+                for record in self._records.values()
+            ],
+            "victims": {
+                key: [record.event.incident_id for record in victim]
+                for key, victim in self._victims.items()
+            },
+            "cells": {
+                key: [record.event.incident_id for record in timeline.items]
+                for key, timeline in self._cells.items()
+            },
+            "uprns": {
+                uprn: [record.event.incident_id for record in timeline.items]
+                for uprn, timeline in self._uprns.items()
+            },
+            "raised": self._raised,
+            "raised_seen": self._raised_seen,
+            "raised_days": self._raised_days,
+            "days": self._days,
+            "first_day": self._first_day,
+            "watermark": self._watermark,
+            "pruned_before_day": self._pruned_before_day,
+            "prune_from": self._prune_from,
+            "forgotten": self._forgotten,
+        }
+
+    def import_state(self, state: dict[str, Any]) -> None:
+        """Take over what :meth:`export_state` gave (on a new engine of the same policy).
+
+        Every record comes back with fingerprint 0, so the first reassessment of each
+        issues its assessment again (the same content, the same id) even where unchanged.
+        """
+        if self._records:
+            raise ValueError("import_state needs a new engine")
+        records: dict[str, _Record] = {}
+        codes = self._codes
+        for event, active, eligible in state["records"]:
+            code = event.closing_code or event.opening_code
+            cls = codes.get(code) or self.policy.classify(code)
+            if cls is None:
+                raise ValueError(f"code {code!r} of incident {event.incident_id} is not in the "
+                                 "policy's codes")
+            records[event.incident_id] = _Record(event, cls, active, eligible)
+        self._records = records
+        self._victims = {
+            key: [records[incident_id] for incident_id in ids]
+            for key, ids in state["victims"].items()
+        }
+        self._cells = {key: _timeline_of(records, ids) for key, ids in state["cells"].items()}
+        self._uprns = {key: _timeline_of(records, ids) for key, ids in state["uprns"].items()}
+        self._raised = state["raised"]
+        self._raised_seen = state["raised_seen"]
+        self._raised_days = state["raised_days"]
+        self._days = state["days"]
+        self._first_day = state["first_day"]
+        self._watermark = state["watermark"]
+        self._pruned_before_day = state["pruned_before_day"]
+        self._prune_from = state["prune_from"]
+        self._forgotten = state["forgotten"]
 
     # -- internals ------------------------------------------------------------------------
 

@@ -233,6 +233,22 @@ class EscalationLifecycle:
         self._closed_at: dict[Subject, int] = {}
         self._closed_days: DayIndex[Subject] = DayIndex()  # for forget_closed_before
 
+    def export_state(self) -> dict[str, Any]:
+        """Every subject's open escalation, episode count and last close (for a checkpoint:
+        :mod:`asvat.domain.checkpoint`)."""
+        return {
+            "open": self._open,
+            "episodes": self._episodes,
+            "closed_at": self._closed_at,
+            "closed_days": self._closed_days.export_state(),
+        }
+
+    def import_state(self, state: dict[str, Any]) -> None:
+        self._open = state["open"]
+        self._episodes = state["episodes"]
+        self._closed_at = state["closed_at"]
+        self._closed_days.import_state(state["closed_days"])
+
     # -- escalations ----------------------------------------------------------------------
 
     def observe(

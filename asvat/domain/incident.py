@@ -135,3 +135,39 @@ class IncidentEvent:
             get("description"),
             _aliases(aliases) if aliases else (),
         )
+
+
+def shared_event(
+    event_id: str,
+    incident_id: str,
+    sequence: int,
+    event_type: str,
+    occurred_at: int,
+    reported_at: int,
+    source: str,
+    opening_code: str,
+    closing_code: str | None,
+    victim_key: str | None,
+    place: Place | None,
+    vulnerability: frozenset[str] = frozenset(),
+    description: str | None = None,
+    victim_key_aliases: tuple[str, ...] = (),
+) -> IncidentEvent:
+    """An event from its fields in order, its repeated strings and factor set shared as
+    :meth:`IncidentEvent.from_wire` shares them (for a restored checkpoint)."""
+    return IncidentEvent(
+        event_id,
+        incident_id,
+        sequence,
+        _shared(event_type),
+        occurred_at,
+        reported_at,
+        _shared(source),
+        _shared(opening_code),
+        _shared(closing_code),
+        _shared(victim_key),
+        place,
+        _vulnerability(vulnerability) if vulnerability else _NO_FACTORS,
+        description,
+        tuple(sys.intern(alias) for alias in victim_key_aliases),
+    )

@@ -143,5 +143,12 @@ class DayIndex(Generic[T]):
         self._low = limit
         return popped
 
+    def export_state(self) -> tuple[dict[int, list[T]], int | None]:
+        """The items by day and the lowest day: what :meth:`import_state` takes back."""
+        return self._days, self._low
+
+    def import_state(self, state: tuple[dict[int, list[T]], int | None]) -> None:
+        self._days, self._low = state
+
     def __len__(self) -> int:
         return sum(len(items) for items in self._days.values())

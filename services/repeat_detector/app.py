@@ -123,9 +123,7 @@ def create_app(
     @app.timer(interval=REVIEW_CHECK_INTERVAL_S)  # type: ignore[misc]
     async def announce_reviews() -> None:
         """Reviews of open escalations coming due or overdue (each announced once)."""
-        records = replica.reviews_due()
-        if records:
-            await replica.publish_records(records)
+        await replica.announce_reviews()
 
     @app.agent(incidents)  # type: ignore[misc]
     async def acknowledge(stream: Any) -> None:
@@ -189,6 +187,7 @@ def create_app(
             "retained_incidents": replica.detector.retained_incidents,
             "snapshots": replica.snapshots,
             "broker_resets": replica.broker_resets,
+            "checkpoint": {"restored": replica.restored, "last_written": replica.last_checkpoint},
             "domain_core": "compiled" if native.status().compiled else "interpreted",
         }
         return web.json(body, status=200 if not reasons else 503)

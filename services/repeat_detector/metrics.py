@@ -147,6 +147,32 @@ class WorkerMetrics:
             "last start or broker reset, else 0.",
             registry=r,
         )
+        self.checkpoints = Counter(
+            "asvat_worker_checkpoints",
+            "Checkpoints of the worker's state, by result: written or failed (the log says "
+            "why). A restarted worker loads the last one written and reads only what came "
+            "after it.",
+            ["result"],
+            registry=r,
+        )
+        self.last_checkpoint = Gauge(
+            "asvat_worker_last_checkpoint_timestamp_seconds",
+            "Unix time the last checkpoint was written (0: none since this worker started).",
+            registry=r,
+        )
+        self.checkpoint_seconds = Gauge(
+            "asvat_worker_checkpoint_seconds",
+            "Seconds the last checkpoint took to encode and write (in a forked child: the "
+            "worker goes on publishing meanwhile).",
+            registry=r,
+        )
+        self.checkpoint_bytes = Gauge(
+            "asvat_worker_checkpoint_bytes",
+            "Size of the state in the last checkpoint written.",
+            registry=r,
+        )
+        for result in ("written", "failed"):
+            self.checkpoints.labels(result)
         for result in EVENT_RESULTS:
             self.events.labels(result)
         for kind in LATE_KINDS:

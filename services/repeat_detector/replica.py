@@ -52,10 +52,11 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError, OffsetOutOfRangeError
 
 from asvat.contracts import decode_incidents, dumps_json
+from asvat.domain.checkpoint import FORMAT, policy_digest
 from asvat.domain.detector import Detector, DetectorOutcome
 from asvat.domain.incident import IncidentEvent
 from asvat.domain.policy import Policy
-from asvat.domain.timeutil import now_micros, parse_timestamp
+from asvat.domain.timeutil import format_timestamp, now_micros, parse_timestamp
 from asvat.embedded.broker import ensure_all_topics, parse_bootstrap
 from asvat.record_batches import Record, send_batches
 from asvat.settings import (
@@ -69,6 +70,12 @@ from asvat.settings import (
     TOPIC_LATE,
     TOPIC_REVIEWS,
     Settings,
+)
+from services.repeat_detector.checkpoint import (
+    CheckpointStore,
+    CheckpointWriter,
+    code_digest,
+    restore,
 )
 from services.repeat_detector.messages import (
     assessment_message,
@@ -170,7 +177,27 @@ class Replica:
         self.settings = settings
         self.metrics = metrics
         self.client_id = client_id
+        self.policy = policy
         self.detector = Detector(policy)
+        #: The checkpoint store and its writer (None: ASVAT_WORKER_CHECKPOINT_SECONDS=0).
+        self._checkpoints: CheckpointWriter | None = (
+            CheckpointWriter(CheckpointStore(settings.resolved_checkpoint_dir))
+            if settings.worker_checkpoint_seconds > 0
+            else None
+        )
+        self._policy_digest = policy_digest(policy)
+        self._code_digest = code_digest()
+        self._next_checkpoint = float("inf")  # monotonic time; set once caught up
+        self._changed = False  # state changed since the last checkpoint started
+        #: The meta of the checkpoint this worker started from, and of the last it wrote.
+        self.restored: dict[str, Any] | None = None
+        self.last_checkpoint: dict[str, Any] | None = None
+        #: True from loading a checkpoint until caught up: a broker epoch the checkpoint
+        #: does not know means its offsets are of a broker since lost.
+        self._from_checkpoint = False
+        #: Held while review notices are decided and published (no checkpoint meanwhile:
+        #: it would hold them as announced before they are).
+        self._output_lock = asyncio.Lock()
         self.ownership = Ownership(settings.topic_partitions)
         #: False until the first assignment (nothing is published before it).
         self.assigned = False
@@ -201,6 +228,9 @@ class Replica:
         #: (accepted, offset, decoded, ingested_at) per partition.
         self._held: dict[int, list[tuple[int, int, Decoded, int | None]]] = {}
         self._epochs: set[str] = set()
+        #: End of the epoch topic when catching up began, and the next epoch offset to read.
+        self._epoch_end = 0
+        self._epoch_next = 0
         self._stopping = False
 
     # -- ownership (called by the faust app's rebalance signals) ----------------------------
@@ -316,11 +346,40 @@ class Replica:
         self._command_tps = [TopicPartition(TOPIC_COMMANDS, p) for p in sorted(commands)]
         consumer.assign([*self._partitions, self._epoch_tp, *self._command_tps])
         await consumer.seek_to_beginning(*self._partitions, self._epoch_tp, *self._command_tps)
+        if self._checkpoints is not None:
+            await self._restore(len(partitions))
         await self._start_catching_up()
 
+    async def _restore(self, partitions: int) -> None:
+        """Start from the last checkpoint, if there is a usable one: its state, and each
+        partition from the offset it had reached (commands are read from the start: applying
+        one twice changes nothing)."""
+        assert self._consumer is not None and self._checkpoints is not None
+        found = await asyncio.to_thread(
+            restore, self._checkpoints.store, self.policy, partitions
+        )
+        if found is None:
+            return
+        detector, checkpoint = found
+        self.detector = detector
+        self._epochs = checkpoint.epochs
+        self._from_checkpoint = True
+        self.restored = {k: checkpoint.meta.get(k) for k in (
+            "written_at", "offsets", "epochs", "retained_incidents", "size")}
+        offsets = {p: o for p, o in checkpoint.offsets.items() if p < partitions}
+        for partition, offset in offsets.items():
+            self._consumer.seek(TopicPartition(TOPIC_INCIDENTS, partition), offset)
+            self._fetched[partition] = offset
+        async with self._applied_changed:
+            self.applied = offsets
+            self._applied_changed.notify_all()
+
     async def _start_catching_up(self) -> None:
-        """Note the end offsets now: the replica is caught up once it has read that far."""
+        """Note the end offsets now: the replica is caught up once it has read that far
+        (the epoch topic included: a checkpoint's offsets hold only on its broker epoch)."""
         self._catch_up_to = await self._end_offsets()
+        assert self._consumer is not None
+        self._epoch_end = (await self._consumer.end_offsets([self._epoch_tp]))[self._epoch_tp]
 
     async def _end_offsets(self) -> dict[int, int]:
         assert self._consumer is not None
@@ -368,6 +427,19 @@ class Replica:
             return
         pending = _Pending()
         epoch_messages = batches.pop(self._epoch_tp, [])
+        new_epochs: list[str] = []
+        if epoch_messages:
+            self._epoch_next = max(self._epoch_next, epoch_messages[-1].offset + 1)
+            new_epochs = self._see_epochs([m.value for m in epoch_messages])
+            if new_epochs and self._from_checkpoint:
+                # The broker lost its topics since the checkpoint was written: its offsets
+                # mean nothing now. Keep the state, read everything again (this batch too).
+                self._from_checkpoint = False
+                log.warning("new broker epoch %s since the checkpoint: reading %s again from "
+                            "the start", new_epochs[-1], TOPIC_INCIDENTS)
+                await self._read_again()
+                return
+        was_live = self.phase == "live"
         for tp in self._command_tps:
             for message in batches.pop(tp, []):
                 self._command(message.value, pending)
@@ -410,16 +482,27 @@ class Replica:
                 "replica caught up: %d incidents retained, watermark %s",
                 self.detector.retained_incidents, self.detector.watermark,
             )
+            # A checkpoint at once after a rebuild from the start; after a restore, at the
+            # usual interval.
+            delay = self.settings.worker_checkpoint_seconds if self._from_checkpoint else 0.0
+            self._next_checkpoint = time.monotonic() + delay
+            self._from_checkpoint = False
         if self.publishing:
             self._add_snapshots(pending)
         await self._publish(pending)
-        if epoch_messages:
-            await self._see_epochs([m.value for m in epoch_messages])
+        if new_epochs and was_live:
+            # An ingest republished its durable log to a broker that had lost it: read the
+            # incidents topic again from the start (the republished events may sit below
+            # the positions already read) and publish a full snapshot once caught up.
+            log.warning("new broker epoch %s: reading %s again from the start", new_epochs[-1],
+                        TOPIC_INCIDENTS)
+            await self._read_again()
+        if self._checkpoints is not None:
+            self._checkpoint()
 
-    async def _see_epochs(self, values: list[bytes]) -> None:
-        """An ingest republished its durable log to a broker that had lost it: read the
-        incidents topic again from the start (the republished events may sit below the
-        positions already read) and publish a full snapshot once caught up."""
+    def _see_epochs(self, values: list[bytes]) -> list[str]:
+        """The epochs named in ``values`` not seen before (now seen). Seen while rebuilding
+        from the start, a new epoch changes nothing: everything is being read anyway."""
         new = []
         for value in values:
             try:
@@ -430,10 +513,7 @@ class Replica:
             if epoch not in self._epochs:
                 self._epochs.add(epoch)
                 new.append(epoch)
-        if new and self.phase == "live":
-            log.warning("new broker epoch %s: reading %s again from the start", new[-1],
-                        TOPIC_INCIDENTS)
-            await self._read_again()
+        return new
 
     def _apply_bound(self) -> float:
         """The latest acceptance time that may be applied now. A partition with records
@@ -478,7 +558,9 @@ class Replica:
     def _is_caught_up(self, positions: dict[int, int]) -> bool:
         target = self._catch_up_to or {}
         reached = {**self.applied, **positions}
-        return all(reached.get(p, 0) >= end for p, end in target.items())
+        return self._epoch_next >= self._epoch_end and all(
+            reached.get(p, 0) >= end for p, end in target.items()
+        )
 
     async def _broker_lost_records(self, exc: OffsetOutOfRangeError) -> None:
         """The topic is shorter than what was read: the broker lost its records (an embedded
@@ -506,6 +588,7 @@ class Replica:
             self.applied = {}
             self._applied_changed.notify_all()
         self._read_up_to, self._fetched, self._held = {}, {}, {}
+        self._epoch_next = 0
         consumer.resume(*self._partitions)
         self.phase = "rebuilding"
         self._resnapshot_all = True
@@ -555,6 +638,7 @@ class Replica:
             metrics.late.labels(outcome.not_applied.kind).inc()
             return
         counted["applied"] += 1
+        self._changed = True
         if self.publishing:
             self._outputs(outcome, pending, self.ownership.owns, self.ownership.owns)
 
@@ -574,6 +658,7 @@ class Replica:
         except (ValueError, KeyError, TypeError) as exc:
             log.error("unusable record on %s (%s); ignored", TOPIC_COMMANDS, exc)
             return
+        self._changed = True
         if self.publishing:
             self._outputs(outcome, pending, self.ownership.owns, self.ownership.owns)
 
@@ -740,7 +825,72 @@ class Replica:
         except Exception as exc:  # the broker may still be away: the next retry tries again
             log.info("topics not (re)created yet: %s", exc)
 
+    # -- checkpoints ------------------------------------------------------------------------
+
+    def _checkpoint(self) -> None:
+        """Collect a finished checkpoint writer; start the next when one is due. Called
+        at the end of a step: every applied event's outputs are published, nothing else
+        is being decided (the review lock), so the state and ``applied`` agree."""
+        writer = self._checkpoints
+        assert writer is not None
+        report = writer.poll()
+        if report is not None:
+            self._checkpoint_written(report)
+        if (
+            self.phase != "live"
+            or writer.writing
+            or self._output_lock.locked()
+            or time.monotonic() < self._next_checkpoint
+        ):
+            return
+        self._next_checkpoint = time.monotonic() + self.settings.worker_checkpoint_seconds
+        if not self._changed and self.last_checkpoint is not None:
+            return
+        self._changed = False
+        writer.start(self.detector, self._checkpoint_meta())
+
+    def _checkpoint_meta(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "offsets": {str(p): o for p, o in sorted(self.applied.items())},
+            "epochs": sorted(self._epochs),
+            "partitions": len(self._partitions),
+            "policy": self._policy_digest,
+            "code": self._code_digest,
+            "written_at": format_timestamp(now_micros()),
+            "retained_incidents": self.detector.retained_incidents,
+            "watermark": self.detector.watermark,
+        }
+
+    def _checkpoint_written(self, report: dict[str, Any]) -> None:
+        meta = report["meta"]
+        if report.get("ok"):
+            self.last_checkpoint = {**meta, "size": report.get("size"),
+                                    "seconds": round(float(report.get("seconds", 0)), 3)}
+            self.metrics.checkpoints.labels("written").inc()
+            self.metrics.last_checkpoint.set(time.time())
+            self.metrics.checkpoint_seconds.set(float(report.get("seconds", 0)))
+            self.metrics.checkpoint_bytes.set(float(report.get("size", 0)))
+            log.info(
+                "checkpoint written: %d incidents, offsets %s, %d bytes in %.1f s",
+                meta["retained_incidents"], meta["offsets"], report.get("size", 0),
+                report.get("seconds", 0),
+            )
+        else:
+            self._changed = True  # try again at the next interval
+            self.metrics.checkpoints.labels("failed").inc()
+            log.error("checkpoint not written: %s", report.get("error"))
+
     # -- reviews ----------------------------------------------------------------------------
+
+    async def announce_reviews(self) -> None:
+        """Publish the review notices now due (each once). No checkpoint is taken while
+        they are decided but not yet published."""
+        async with self._output_lock:
+            records = self.reviews_due()
+            if records:
+                self._changed = True
+                await self.publish_records(records)
 
     def reviews_due(self) -> list[Record]:
         """Review notices now due for the subjects this worker owns."""

@@ -61,7 +61,9 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
     ports = {name: free_port() for name in ("broker", "api", "ingest", "worker-a", "worker-b")}
     broker = EmbeddedBroker(ports["broker"], log_path=data_dir / "broker.log")
     broker.start()
-    system = Pipeline(data_dir, ports, broker)
+    # Checkpoints every 2 s: a worker killed mid-stream restarts from one taken mid-stream.
+    system = Pipeline(data_dir, ports, broker,
+                      extra_env={"ASVAT_WORKER_CHECKPOINT_SECONDS": "2"})
     try:
         _cli(system, "db", "upgrade")
         system.ingest_token = _cli(system, "token", "create", "--role", "ingest").split()[-1]
@@ -247,6 +249,8 @@ def test_a_worker_killed_mid_stream_and_restarted_loses_and_doubles_nothing(
 ) -> None:
     poster = Poster(pipeline, fresh_events(300, 300)).start()
     poster.wait_for_count(100)
+    written = pipeline.readyz("worker-a")["checkpoint"]["last_written"]
+    assert written is not None, "worker-a should have written a checkpoint by now"
     pipeline.kill("worker-a")  # kill -9, mid-stream
     # The other worker takes every partition over (it leaves the group's session first).
     wait_for(
@@ -259,6 +263,10 @@ def test_a_worker_killed_mid_stream_and_restarted_loses_and_doubles_nothing(
     poster.join()
     pipeline.wait_ready("worker-a", "worker-b")
     check_consistent(pipeline, tmp_path, poster.accepted)
+    # It started from its last checkpoint (taken while the stream ran), not from offset 0.
+    restored = pipeline.readyz("worker-a")["checkpoint"]["restored"]
+    assert restored is not None
+    assert sum(restored["offsets"].values()) >= sum(written["offsets"].values()) > 0
 
 
 def test_the_api_killed_mid_stream_catches_up_without_gaps_or_repeats(

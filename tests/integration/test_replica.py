@@ -15,6 +15,7 @@ import asyncio
 import json
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaProducer
@@ -245,3 +246,81 @@ def test_a_refilled_broker_is_read_from_its_start_though_no_offset_is_out_of_ran
     asyncio.run(scenario())
     assert counted(metrics, "applied") == 2 * (per_partition + early + later)
     assert counted(metrics, "late") == 0
+
+
+def checkpointed_replica(
+    broker: EmbeddedBroker, data_dir: Path, **overrides: Any
+) -> tuple[Replica, WorkerMetrics]:
+    settings = make_settings(
+        data_dir, kafka_bootstrap=broker.bootstrap, topic_partitions=2, **overrides
+    )
+    metrics = WorkerMetrics()
+    return Replica(settings, default_policy(), metrics), metrics
+
+
+def test_a_restarted_replica_reads_only_what_came_after_its_checkpoint(
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    """A worker writes a checkpoint once caught up; restarted, it loads it, reads only the
+    events published since, and holds exactly the state a rebuild from the start holds."""
+    first = [(n, T0 + n * MINUTE, n % 2) for n in range(400)]
+    then = [(n, T0 + n * MINUTE, n % 2) for n in range(400, 600)]
+    publish(broker, first)
+    writer, _ = checkpointed_replica(broker, tmp_path / "worker")
+    rebuild(writer, lambda: writer.last_checkpoint is not None, 60)
+    assert writer.last_checkpoint is not None
+    assert writer.last_checkpoint["offsets"] == {"0": 200, "1": 200}
+    publish(broker, then)
+
+    restarted, metrics = checkpointed_replica(broker, tmp_path / "worker")
+    rebuild(restarted, lambda: restarted.caught_up, 60)
+    assert restarted.restored is not None
+    assert restarted.restored["offsets"] == {"0": 200, "1": 200}
+    assert counted(metrics, "applied") == len(then)  # the first 400 were not read again
+
+    scratch, full = checkpointed_replica(broker, tmp_path / "scratch", worker_checkpoint_seconds=0)
+    rebuild(scratch, lambda: scratch.caught_up, 60)
+    assert scratch.restored is None and counted(full, "applied") == len(first) + len(then)
+    assert restarted.detector.export_state() == scratch.detector.export_state()
+    assert restarted.applied == scratch.applied == {0: 300, 1: 300}
+
+
+def test_a_checkpoint_from_before_the_broker_lost_its_topics_is_read_past(
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    """The checkpoint's offsets are of a broker since restarted and refilled (a new epoch):
+    the restored worker keeps the state but reads the new logs from their start. Were it to
+    seek to the old offsets, it would skip the events the new broker took before the
+    refill (they sit below those offsets)."""
+
+    def events(first: int, count: int) -> list[tuple[int, int, int]]:
+        return [(n, T0 + n * MINUTE, n % 2) for n in range(first, first + count)]
+
+    def epoch(name: str) -> None:
+        producer = KafkaProducer(bootstrap_servers=broker.bootstrap)
+        producer.send(TOPIC_EPOCH, json.dumps({"epoch": name}).encode(), partition=0)
+        producer.flush()
+        producer.close()
+
+    old = events(0, 300)
+    publish(broker, old)
+    epoch("epoch-1")
+    writer, _ = checkpointed_replica(broker, tmp_path / "worker")
+    rebuild(writer, lambda: writer.last_checkpoint is not None, 60)
+    assert writer.last_checkpoint is not None and writer.last_checkpoint["epochs"] == ["epoch-1"]
+
+    broker.stop()
+    broker.start()
+    ensure_topics(broker.bootstrap, 2)
+    accepted_before = events(300, 40)
+    publish(broker, accepted_before + old + events(340, 60))  # as ingest refills it
+    epoch("epoch-2")
+
+    restarted, metrics = checkpointed_replica(broker, tmp_path / "worker")
+    rebuild(restarted, lambda: restarted.caught_up, 60)
+    assert restarted.restored is not None
+    assert counted(metrics, "applied") == 100  # the 300 old ones are duplicates of its state
+    assert counted(metrics, "duplicate") == 300
+    scratch, _ = checkpointed_replica(broker, tmp_path / "scratch", worker_checkpoint_seconds=0)
+    rebuild(scratch, lambda: scratch.caught_up, 60)
+    assert restarted.detector.export_state() == scratch.detector.export_state()

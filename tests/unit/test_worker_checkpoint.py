@@ -1,0 +1,164 @@
+"""The worker's checkpoint store (RocksDB, real, in a temporary directory) and its forked
+writer: what is read back is what was written, whole or not at all."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from asvat.domain import checkpoint as codec
+from asvat.domain.detector import Detector
+from asvat.domain.policy import default_policy
+from services.repeat_detector.checkpoint import (
+    CheckpointStore,
+    CheckpointWriter,
+    code_digest,
+    restore,
+)
+from tests.unit.test_checkpoint import year
+
+META = {"offsets": {"0": 5, "1": 7}, "epochs": ["e1"], "partitions": 2, "written_at": "now"}
+
+
+def detector_with(events: int) -> Detector:
+    detector = Detector(default_policy())
+    for event in year()[:events]:
+        detector.apply(event)
+    return detector
+
+
+def test_what_is_read_is_what_was_written(tmp_path: Path) -> None:
+    store = CheckpointStore(tmp_path / "cp")
+    assert store.read() is None
+    blob = os.urandom(4500)
+    full = store.write(META, blob)
+    assert full["size"] == 4500
+    found = store.read()
+    assert found is not None
+    assert found.blob == blob
+    assert found.offsets == {0: 5, 1: 7} and found.epochs == {"e1"}
+    second = store.write({**META, "offsets": {"0": 9}}, b"b" * 1500)
+    found = store.read()
+    assert found is not None and found.blob == b"b" * 1500 and found.offsets == {0: 9}
+    assert second["sha256"] == found.meta["sha256"]
+    assert sorted(p.name for p in store.path.iterdir()) == ["checkpoint.bin"]  # no leftovers
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda data: data[:-1],  # truncated
+        lambda data: data[:-1] + bytes([data[-1] ^ 1]),  # a bit flipped in the state
+        lambda data: b"something else" + data,  # not a checkpoint
+        lambda data: data.replace(b'"size"', b'"sighs"', 1),  # description unreadable
+    ],
+)
+def test_a_damaged_checkpoint_is_refused(tmp_path: Path, damage: Any) -> None:
+    store = CheckpointStore(tmp_path / "cp")
+    store.write(META, b"x" * 100)
+    store.file.write_bytes(damage(store.file.read_bytes()))
+    with pytest.raises(codec.CheckpointError):
+        store.read()
+
+
+def test_restore_says_why_it_does_not_use_a_checkpoint(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = CheckpointStore(tmp_path / "cp")
+    detector = detector_with(300)
+    store.write({**META, "partitions": 4, "code": "an older version"}, codec.dump(detector))
+    with caplog.at_level("WARNING"):
+        assert restore(store, default_policy(), partitions=4) is None
+    assert "another version of the domain code" in caplog.text
+    store.write({**META, "partitions": 4, "code": code_digest()}, codec.dump(detector))
+    with caplog.at_level("WARNING"):
+        assert restore(store, default_policy(), partitions=2) is None
+    assert "checkpoint of 4 partitions, the topic has 2" in caplog.text
+    found = restore(store, default_policy(), partitions=4)
+    assert found is not None
+    assert found[0].export_state() == detector.export_state()
+
+
+def test_the_forked_writer_writes_the_state_as_it_was_when_forked(tmp_path: Path) -> None:
+    store = CheckpointStore(tmp_path / "cp")
+    writer = CheckpointWriter(store)
+    detector = detector_with(2000)
+    expected = codec.load(codec.dump(detector), default_policy()).export_state()
+    assert writer.start(detector, META)
+    assert not writer.start(detector, META)  # one at a time
+    for event in year()[2000:2500]:  # the parent goes on; the child wrote the fork's copy
+        detector.apply(event)
+    report = writer.wait(timeout=60)
+    assert report is not None and report["ok"], report
+    assert report["size"] > 0 and report["meta"] == META
+    found = store.read()
+    assert found is not None
+    restored = codec.load(found.blob, default_policy())
+    assert restored.export_state() == expected
+    assert restored.retained_incidents < detector.retained_incidents
+
+
+def test_a_writer_that_fails_says_why(tmp_path: Path) -> None:
+    blocker = tmp_path / "cp"
+    blocker.write_text("a file where the checkpoint's directory should be")
+    writer = CheckpointWriter(CheckpointStore(blocker))
+    assert writer.start(detector_with(10), META)
+    report = writer.wait(timeout=60)
+    assert report is not None and not report["ok"]
+    assert "Error" in report["error"]
+
+
+def test_the_writer_dies_with_its_worker(tmp_path: Path) -> None:
+    """A writer must not outlive a killed worker (it would write a state no one runs)."""
+    script = tmp_path / "worker.py"
+    pid_file = tmp_path / "child"
+    script.write_text(
+        "import os, sys, time\n"
+        "from services.repeat_detector import checkpoint as c\n"
+        "c._die_with_parent_orig = c._die_with_parent\n"
+        "def hold():\n"
+        "    c._die_with_parent_orig()\n"
+        f"    open({str(pid_file)!r}, 'w').write(str(os.getpid()))\n"
+        "    time.sleep(60)\n"
+        "c._die_with_parent = hold\n"
+        "from asvat.domain.detector import Detector\n"
+        "from asvat.domain.policy import default_policy\n"
+        f"store = c.CheckpointStore(__import__('pathlib').Path({str(tmp_path)!r}) / 'cp')\n"
+        "c.CheckpointWriter(store).start(Detector(default_policy()), {})\n"
+        "time.sleep(60)\n"
+    )
+    parent = subprocess.Popen([sys.executable, str(script)], cwd=Path(__file__).parents[2])
+    try:
+        deadline = time.monotonic() + 30
+        while not pid_file.exists() or not pid_file.read_text():
+            assert time.monotonic() < deadline, "the writer did not start"
+            time.sleep(0.05)
+        child = int(pid_file.read_text())
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(10)
+        deadline = time.monotonic() + 10
+        while _alive(child):
+            assert time.monotonic() < deadline, "the writer outlived its worker"
+            time.sleep(0.05)
+    finally:
+        parent.kill()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie (dead, not yet reaped by init) counts as gone.
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
