@@ -114,7 +114,9 @@ class CheckpointStore:
         self.path.mkdir(parents=True, exist_ok=True)
         temporary = self.path / f".{FILE_NAME}.{os.getpid()}.tmp"
         try:
-            with temporary.open("wb") as out:
+            # Owner-only: it holds what the worker holds (pseudonymised, but personal data).
+            descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(descriptor, "wb") as out:
                 out.write(MAGIC + b"%d\n" % len(described) + described)
                 out.write(blob)
                 out.flush()
@@ -187,6 +189,15 @@ def _die_with_parent() -> None:
             os._exit(1)
 
 
+def _default_signals() -> None:
+    """The worker's event loop handles SIGTERM and SIGINT through a wake-up fd the fork
+    shares with it: a signal to the writer must not wake the worker's loop, nor run its
+    handlers in the writer. The writer just dies of them."""
+    signal.set_wakeup_fd(-1)
+    for number in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(number, signal.SIG_DFL)
+
+
 class CheckpointWriter:
     """Writes checkpoints from a forked child, one at a time; :meth:`poll` collects the
     child's result without waiting."""
@@ -211,6 +222,7 @@ class CheckpointWriter:
             code = 1
             try:
                 _die_with_parent()
+                _default_signals()
                 gc.disable()
                 began = time.perf_counter()
                 blob = codec.dump(detector)

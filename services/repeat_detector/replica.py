@@ -10,8 +10,10 @@ stages and a join. The whole state of a force is small (under 1 KiB per retained
 * **State**: a plain consumer (no group) reads *every* partition of ``asvat.incidents.v1``
   from the beginning into one :class:`~asvat.domain.detector.Detector`. The topic — backed
   by ingest's durable event log, which republishes what a restarted embedded broker lost —
-  is the only source of state, so a restart, a rebalance or a lost broker is recovered by
-  reading it again; nothing is restored from changelogs.
+  is the source of truth, so a restart, a rebalance or a lost broker is recovered by
+  reading it again; nothing is restored from changelogs. A checkpoint (``checkpoint.py``)
+  shortens that read: a restart starts from the state and offsets it holds, when they fit
+  this policy, code, topic and broker epoch.
 * **Publishing**: the consumer group on the same topic (the faust agent in ``app.py``)
   decides which partitions this worker *owns*; it publishes only the outputs whose keys
   belong to them (``ownership.py``). Two workers therefore share the publishing, and each

@@ -49,6 +49,7 @@ def test_what_is_read_is_what_was_written(tmp_path: Path) -> None:
     assert found is not None and found.blob == b"b" * 1500 and found.offsets == {0: 9}
     assert second["sha256"] == found.meta["sha256"]
     assert sorted(p.name for p in store.path.iterdir()) == ["checkpoint.bin"]  # no leftovers
+    assert store.file.stat().st_mode & 0o777 == 0o600  # pseudonymised personal data
 
 
 @pytest.mark.parametrize(
