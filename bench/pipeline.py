@@ -606,12 +606,16 @@ class Profiler:
 # --------------------------------------------------------------------------- the run
 
 
+#: ASVAT_* settings for every process the benchmark starts (``--checkpoint-seconds``).
+EXTRA_ENV: dict[str, str] = {}
+
+
 def start_pipeline(data_dir: Path, names: Iterable[str]) -> Pipeline:
     ports = {name: free_port() for name in ("broker", "api", "ingest", *names)}
     data_dir.mkdir(parents=True, exist_ok=True)
     broker = EmbeddedBroker(ports["broker"], log_path=data_dir / "broker.log")
     broker.start()
-    pipeline = Pipeline(data_dir, ports, broker)
+    pipeline = Pipeline(data_dir, ports, broker, extra_env=dict(EXTRA_ENV))
     ensure_topics(broker.bootstrap, PARTITIONS)
     return pipeline
 
@@ -1114,6 +1118,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else "")
     parser.add_argument("--events", type=int, default=40_000, help="events for (a) and (b)")
     parser.add_argument("--replay-events", type=int, default=2_000_000)
+    parser.add_argument("--checkpoint-seconds", type=float, default=None,
+                        help="the workers' ASVAT_WORKER_CHECKPOINT_SECONDS (default: theirs)")
     parser.add_argument("--tail-events", type=int, default=20_000,
                         help="--rebuild-only: events written while the worker is down")
     parser.add_argument("--posters", type=int, default=4, help="posting processes in (b)")
@@ -1139,6 +1145,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.events, args.replay_events, args.seconds, args.drain = 2000, 20_000, 15.0, 5.0
+    if args.checkpoint_seconds is not None:
+        EXTRA_ENV["ASVAT_WORKER_CHECKPOINT_SECONDS"] = f"{args.checkpoint_seconds:g}"
 
     # The pipeline's processes run in sessions of their own, so a bench killed by SIGTERM
     # or a closed terminal would leave them loading the machine: exit through the

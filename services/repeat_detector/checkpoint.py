@@ -198,6 +198,18 @@ def _default_signals() -> None:
         signal.signal(number, signal.SIG_DFL)
 
 
+def _yield_the_cpu() -> None:
+    """Run the writer only on CPU the services leave idle (Linux ``SCHED_IDLE``, else
+    the lowest priority): a checkpoint may take longer, an alert must not."""
+    if hasattr(os, "sched_setscheduler") and hasattr(os, "SCHED_IDLE"):
+        try:
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+            return
+        except OSError:
+            pass
+    os.nice(19)
+
+
 class CheckpointWriter:
     """Writes checkpoints from a forked child, one at a time; :meth:`poll` collects the
     child's result without waiting."""
@@ -223,6 +235,7 @@ class CheckpointWriter:
             try:
                 _die_with_parent()
                 _default_signals()
+                _yield_the_cpu()
                 gc.disable()
                 began = time.perf_counter()
                 blob = codec.dump(detector)

@@ -116,19 +116,21 @@ def test_a_writer_that_fails_says_why(tmp_path: Path) -> None:
     assert "Error" in report["error"]
 
 
-def test_the_writer_dies_with_its_worker(tmp_path: Path) -> None:
-    """A writer must not outlive a killed worker (it would write a state no one runs)."""
+def test_the_writer_runs_on_idle_cpu_and_dies_with_its_worker(tmp_path: Path) -> None:
+    """A writer takes only CPU the services leave idle (an alert must not wait for a
+    checkpoint), and must not outlive a killed worker (it would write a state no one
+    runs)."""
     script = tmp_path / "worker.py"
     pid_file = tmp_path / "child"
     script.write_text(
         "import os, sys, time\n"
         "from services.repeat_detector import checkpoint as c\n"
-        "c._die_with_parent_orig = c._die_with_parent\n"
+        "c._yield_the_cpu_orig = c._yield_the_cpu\n"
         "def hold():\n"
-        "    c._die_with_parent_orig()\n"
+        "    c._yield_the_cpu_orig()\n"
         f"    open({str(pid_file)!r}, 'w').write(str(os.getpid()))\n"
         "    time.sleep(60)\n"
-        "c._die_with_parent = hold\n"
+        "c._yield_the_cpu = hold\n"
         "from asvat.domain.detector import Detector\n"
         "from asvat.domain.policy import default_policy\n"
         f"store = c.CheckpointStore(__import__('pathlib').Path({str(tmp_path)!r}) / 'cp')\n"
@@ -142,6 +144,7 @@ def test_the_writer_dies_with_its_worker(tmp_path: Path) -> None:
             assert time.monotonic() < deadline, "the writer did not start"
             time.sleep(0.05)
         child = int(pid_file.read_text())
+        assert os.sched_getscheduler(child) == os.SCHED_IDLE
         parent.send_signal(signal.SIGKILL)
         parent.wait(10)
         deadline = time.monotonic() + 10
