@@ -1048,14 +1048,7 @@ def rebuild(args: argparse.Namespace, work: Path, rows: list[Row]) -> None:
         asyncio.run(produce(servers(pipeline), messages))
         del messages
         phase = Phase(f"worker rebuilding from {n:,} events")
-        spawned = time.time()
-        pipeline.start("worker-a")
-        pipeline.wait_ready("worker-a", timeout=args.timeout_replay)
-        seconds = time.time() - spawned
-        pid = pipeline.pid("worker-a")
-        cpu = cpu_seconds(pid)
-        rss = _rss_mib(pid)
-        state = pipeline.readyz("worker-a")
+        seconds, cpu, rss, state = _start_until_ready(pipeline, args.timeout_replay)
         rows.append(Row(
             "worker restart without a checkpoint: spawn → ready on a topic already holding "
             "the events (start, group join, read every partition, snapshot published)", n,
@@ -1078,24 +1071,31 @@ def rebuild(args: argparse.Namespace, work: Path, rows: list[Row]) -> None:
         asyncio.run(produce(servers(pipeline), later))
         del later
         phase = Phase(f"worker restarting from its checkpoint, {tail:,} events after it")
-        spawned = time.time()
-        pipeline.start("worker-a")
-        pipeline.wait_ready("worker-a", timeout=args.timeout_replay)
-        seconds = time.time() - spawned
-        pid = pipeline.pid("worker-a")
-        cpu = cpu_seconds(pid)
-        state = pipeline.readyz("worker-a")
+        seconds, cpu, rss, state = _start_until_ready(pipeline, args.timeout_replay)
         restored = state.get("checkpoint", {}).get("restored")
         assert restored is not None, "the worker did not start from its checkpoint"
         rows.append(Row(
             f"worker restart from its checkpoint (killed; {tail:,} events written meanwhile): "
             "spawn → ready (load, group join, read the rest, snapshot published)", n + tail,
             seconds,
-            f"{seconds:.1f} s (worker CPU {cpu:.0f} s; RSS {_rss_mib(pid):,} MiB; "
+            f"{seconds:.1f} s (worker CPU {cpu:.0f} s; RSS {rss:,} MiB; "
             f"{state.get('retained_incidents', 0):,} incidents retained)", "—", "—",
             phase.load()))
     finally:
         pipeline.stop_all()
+
+
+def _start_until_ready(
+    pipeline: Pipeline, timeout: float
+) -> tuple[float, float, int, dict[str, Any]]:
+    """Start worker-a and wait for its ``/readyz``: seconds from spawn, its CPU seconds and
+    resident MiB then, and what ``/readyz`` said."""
+    spawned = time.time()
+    pipeline.start("worker-a")
+    pipeline.wait_ready("worker-a", timeout=timeout)
+    seconds = time.time() - spawned
+    pid = pipeline.pid("worker-a")
+    return seconds, cpu_seconds(pid), _rss_mib(pid), pipeline.readyz("worker-a")
 
 
 def _rss_mib(pid: int) -> int:

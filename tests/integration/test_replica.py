@@ -79,6 +79,19 @@ def publish(broker: EmbeddedBroker, events: Iterable[tuple[int, int, int]]) -> N
     producer.close()
 
 
+def minute_events(first: int, count: int) -> list[tuple[int, int, int]]:
+    """Events ``first`` … a minute apart, alternating between the two partitions."""
+    return [(n, T0 + n * MINUTE, n % 2) for n in range(first, first + count)]
+
+
+def write_epoch(broker: EmbeddedBroker, name: str) -> None:
+    """An epoch record, as ingest writes one after refilling a broker."""
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap)
+    producer.send(TOPIC_EPOCH, json.dumps({"epoch": name}).encode(), partition=0)
+    producer.flush()
+    producer.close()
+
+
 def new_replica(broker: EmbeddedBroker, tmp_path: Path) -> tuple[Replica, WorkerMetrics]:
     settings = make_settings(tmp_path, kafka_bootstrap=broker.bootstrap, topic_partitions=2)
     metrics = WorkerMetrics()
@@ -201,20 +214,11 @@ def test_a_refilled_broker_is_read_from_its_start_though_no_offset_is_out_of_ran
     to the new broker before its refill were never applied."""
     per_partition, doubled, early, later = 200, 60, 20, 40
 
-    def events(first: int, count: int) -> list[tuple[int, int, int]]:
-        return [(n, T0 + n * MINUTE, n % 2) for n in range(first, first + count)]
-
-    def epoch(name: str) -> None:
-        producer = KafkaProducer(bootstrap_servers=broker.bootstrap)
-        producer.send(TOPIC_EPOCH, json.dumps({"epoch": name}).encode(), partition=0)
-        producer.flush()
-        producer.close()
-
-    old = events(0, 2 * per_partition)
+    old = minute_events(0, 2 * per_partition)
     # The old logs hold records twice (a publish retried after its acknowledgement was lost):
     # each partition's position ends beyond the distinct events republished below.
     publish(broker, old + old[: 2 * doubled])
-    epoch("epoch-1")
+    write_epoch(broker, "epoch-1")
     replica, metrics = new_replica(broker, tmp_path)
 
     async def scenario() -> None:
@@ -230,12 +234,12 @@ def test_a_refilled_broker_is_read_from_its_start_though_no_offset_is_out_of_ran
             broker.stop()
             broker.start()
             ensure_topics(broker.bootstrap, 2)
-            accepted_before = events(len(old), 2 * early)
-            accepted_after = events(len(old) + 2 * early, 2 * later)
+            accepted_before = minute_events(len(old), 2 * early)
+            accepted_after = minute_events(len(old) + 2 * early, 2 * later)
             # As ingest does it: events accepted before the refill, the refill (the durable
             # log: the old events, then those), later events, and the new epoch.
             publish(broker, accepted_before + old + accepted_before + accepted_after)
-            epoch("epoch-2")
+            write_epoch(broker, "epoch-2")
             consumer.resume(*consumer.assignment())
             want = len(old) + len(accepted_before) + len(accepted_after)
             await until(replica, lambda: counted(metrics, "applied") == want, 30)
@@ -263,8 +267,7 @@ def test_a_restarted_replica_reads_only_what_came_after_its_checkpoint(
 ) -> None:
     """A worker writes a checkpoint once caught up; restarted, it loads it, reads only the
     events published since, and holds exactly the state a rebuild from the start holds."""
-    first = [(n, T0 + n * MINUTE, n % 2) for n in range(400)]
-    then = [(n, T0 + n * MINUTE, n % 2) for n in range(400, 600)]
+    first, then = minute_events(0, 400), minute_events(400, 200)
     publish(broker, first)
     writer, _ = checkpointed_replica(broker, tmp_path / "worker")
     rebuild(writer, lambda: writer.last_checkpoint is not None, 60)
@@ -293,18 +296,9 @@ def test_a_checkpoint_from_before_the_broker_lost_its_topics_is_read_past(
     seek to the old offsets, it would skip the events the new broker took before the
     refill (they sit below those offsets)."""
 
-    def events(first: int, count: int) -> list[tuple[int, int, int]]:
-        return [(n, T0 + n * MINUTE, n % 2) for n in range(first, first + count)]
-
-    def epoch(name: str) -> None:
-        producer = KafkaProducer(bootstrap_servers=broker.bootstrap)
-        producer.send(TOPIC_EPOCH, json.dumps({"epoch": name}).encode(), partition=0)
-        producer.flush()
-        producer.close()
-
-    old = events(0, 300)
+    old = minute_events(0, 300)
     publish(broker, old)
-    epoch("epoch-1")
+    write_epoch(broker, "epoch-1")
     writer, _ = checkpointed_replica(broker, tmp_path / "worker")
     rebuild(writer, lambda: writer.last_checkpoint is not None, 60)
     assert writer.last_checkpoint is not None and writer.last_checkpoint["epochs"] == ["epoch-1"]
@@ -312,9 +306,9 @@ def test_a_checkpoint_from_before_the_broker_lost_its_topics_is_read_past(
     broker.stop()
     broker.start()
     ensure_topics(broker.bootstrap, 2)
-    accepted_before = events(300, 40)
-    publish(broker, accepted_before + old + events(340, 60))  # as ingest refills it
-    epoch("epoch-2")
+    accepted_before = minute_events(300, 40)
+    publish(broker, accepted_before + old + minute_events(340, 60))  # as ingest refills it
+    write_epoch(broker, "epoch-2")
 
     restarted, metrics = checkpointed_replica(broker, tmp_path / "worker")
     rebuild(restarted, lambda: restarted.caught_up, 60)
