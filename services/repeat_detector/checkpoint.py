@@ -178,14 +178,17 @@ def restore(
     return detector, found
 
 
-def _die_with_parent() -> None:
-    """Linux: have the kernel kill this process when its parent dies, so that a writer
-    never outlives its worker (holding the store's lock, or writing a stale state)."""
+def _die_with_parent(parent: int) -> None:
+    """Linux: have the kernel kill this process when its parent (pid ``parent``) dies, so
+    that a writer never outlives its worker: it could rename its older state over the one
+    the restarted worker wrote meanwhile."""
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
         if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL) != 0:
             raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
-        if os.getppid() == 1:  # the parent died before prctl took effect
+        # The parent died before prctl took effect. (Not "parent is 1": in a container the
+        # worker itself is often pid 1.)
+        if os.getppid() != parent:
             os._exit(1)
 
 
@@ -228,12 +231,13 @@ class CheckpointWriter:
         if self._child is not None:
             return False
         read_end, write_end = os.pipe()
+        parent = os.getpid()
         pid = os.fork()
         if pid == 0:  # the child: encode, write, report, exit (never back to the event loop)
             os.close(read_end)
             code = 1
             try:
-                _die_with_parent()
+                _die_with_parent(parent)
                 _default_signals()
                 _yield_the_cpu()
                 gc.disable()

@@ -380,8 +380,12 @@ class Replica:
         """Note the end offsets now: the replica is caught up once it has read that far
         (the epoch topic included: a checkpoint's offsets hold only on its broker epoch)."""
         self._catch_up_to = await self._end_offsets()
-        assert self._consumer is not None
-        self._epoch_end = (await self._consumer.end_offsets([self._epoch_tp]))[self._epoch_tp]
+        consumer = self._consumer
+        assert consumer is not None
+        start = (await consumer.beginning_offsets([self._epoch_tp]))[self._epoch_tp]
+        end = (await consumer.end_offsets([self._epoch_tp]))[self._epoch_tp]
+        # Nothing left to read (Kafka's retention deleted an old epoch record): don't wait.
+        self._epoch_end = end if end > start else 0
 
     async def _end_offsets(self) -> dict[int, int]:
         assert self._consumer is not None

@@ -166,3 +166,29 @@ def _alive(pid: int) -> bool:
             return stat.read().split(")")[-1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_a_worker_that_is_pid_1_writes_checkpoints(tmp_path: Path) -> None:
+    """In a container the worker is often pid 1: its writer's parent is then pid 1 too,
+    which must not be taken for "the parent died" (every checkpoint failed that way)."""
+    script = tmp_path / "worker.py"
+    script.write_text(
+        "import os, pathlib, sys\n"
+        "from asvat.domain.detector import Detector\n"
+        "from asvat.domain.policy import default_policy\n"
+        "from services.repeat_detector.checkpoint import CheckpointStore, CheckpointWriter\n"
+        "assert os.getpid() == 1, os.getpid()\n"
+        f"writer = CheckpointWriter(CheckpointStore(pathlib.Path({str(tmp_path)!r}) / 'cp'))\n"
+        "writer.start(Detector(default_policy()), {})\n"
+        "report = writer.wait(60)\n"
+        "print(report)\n"
+        "sys.exit(0 if report and report['ok'] else 1)\n"
+    )
+    # A new PID namespace (as a container has), mapped to this user: no privilege needed.
+    result = subprocess.run(
+        ["unshare", "--user", "--map-root-user", "--pid", "--fork", sys.executable,
+         str(script)],
+        cwd=Path(__file__).parents[2], capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (tmp_path / "cp" / "checkpoint.bin").exists()
