@@ -1065,7 +1065,8 @@ def rebuild(args: argparse.Namespace, work: Path, rows: list[Row]) -> None:
             "checkpoint: state encoded and written by a forked child (the worker goes on)", n,
             float(written["seconds"]),
             f"{written['size'] / 2**20:,.0f} MiB for {written['retained_incidents']:,} "
-            "incidents", "—", "—", phase.load()))
+            f"incidents; the writer's own memory (copied pages and the encoded state) "
+            f"{(written.get('private_bytes') or 0) / 2**20:,.0f} MiB", "—", "—", phase.load()))
 
         pipeline.kill("worker-a")
         asyncio.run(produce(servers(pipeline), later))

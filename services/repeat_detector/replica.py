@@ -872,15 +872,18 @@ class Replica:
         meta = report["meta"]
         if report.get("ok"):
             self.last_checkpoint = {**meta, "size": report.get("size"),
-                                    "seconds": round(float(report.get("seconds", 0)), 3)}
+                                    "seconds": round(float(report.get("seconds", 0)), 3),
+                                    "private_bytes": report.get("private_bytes")}
             self.metrics.checkpoints.labels("written").inc()
             self.metrics.last_checkpoint.set(time.time())
             self.metrics.checkpoint_seconds.set(float(report.get("seconds", 0)))
             self.metrics.checkpoint_bytes.set(float(report.get("size", 0)))
             log.info(
-                "checkpoint written: %d incidents, offsets %s, %d bytes in %.1f s",
-                meta["retained_incidents"], meta["offsets"], report.get("size", 0),
-                report.get("seconds", 0),
+                "checkpoint written: %d incidents, offsets %s, %d bytes in %.1f s (the writer "
+                "took %s MiB of its own)", meta["retained_incidents"], meta["offsets"],
+                report.get("size", 0), report.get("seconds", 0),
+                "?" if report.get("private_bytes") is None
+                else f"{report['private_bytes'] / 2**20:,.0f}",
             )
         else:
             self._changed = True  # try again at the next interval

@@ -99,6 +99,7 @@ def test_the_forked_writer_writes_the_state_as_it_was_when_forked(tmp_path: Path
     report = writer.wait(timeout=60)
     assert report is not None and report["ok"], report
     assert report["size"] > 0 and report["meta"] == META
+    assert report["private_bytes"] >= report["size"]  # it held the encoded state at least
     found = store.read()
     assert found is not None
     restored = codec.load(found.blob, default_policy())
@@ -116,21 +117,22 @@ def test_a_writer_that_fails_says_why(tmp_path: Path) -> None:
     assert "Error" in report["error"]
 
 
-def test_the_writer_runs_on_idle_cpu_and_dies_with_its_worker(tmp_path: Path) -> None:
+def test_the_writer_runs_on_idle_cpu_goes_first_and_dies_with_its_worker(
+    tmp_path: Path,
+) -> None:
     """A writer takes only CPU the services leave idle (an alert must not wait for a
-    checkpoint), and must not outlive a killed worker (it would write a state no one
-    runs)."""
+    checkpoint), is the first the kernel kills if memory runs out, and must not outlive a
+    killed worker (it would write a state no one runs). Seen from outside while it
+    encodes (held there)."""
     script = tmp_path / "worker.py"
     pid_file = tmp_path / "child"
     script.write_text(
         "import os, sys, time\n"
         "from services.repeat_detector import checkpoint as c\n"
-        "c._yield_the_cpu_orig = c._yield_the_cpu\n"
-        "def hold():\n"
-        "    c._yield_the_cpu_orig()\n"
+        "def hold(detector):\n"
         f"    open({str(pid_file)!r}, 'w').write(str(os.getpid()))\n"
         "    time.sleep(60)\n"
-        "c._yield_the_cpu = hold\n"
+        "c.codec.dump = hold\n"
         "from asvat.domain.detector import Detector\n"
         "from asvat.domain.policy import default_policy\n"
         f"store = c.CheckpointStore(__import__('pathlib').Path({str(tmp_path)!r}) / 'cp')\n"
@@ -145,6 +147,8 @@ def test_the_writer_runs_on_idle_cpu_and_dies_with_its_worker(tmp_path: Path) ->
             time.sleep(0.05)
         child = int(pid_file.read_text())
         assert os.sched_getscheduler(child) == os.SCHED_IDLE
+        with open(f"/proc/{child}/oom_score_adj") as adj:  # killed first if memory runs out
+            assert adj.read().strip() == "1000"
         parent.send_signal(signal.SIGKILL)
         parent.wait(10)
         deadline = time.monotonic() + 10
