@@ -45,7 +45,7 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any
@@ -101,6 +101,8 @@ RETRY_S = 1.0
 #: While reading a backlog, how far (µs of acceptance time) a partition may run ahead of the
 #: slowest one that still has records to read (see ``Replica._apply_bound``).
 IN_STEP_US = 3_600 * 1_000_000
+#: Records per send when publishing a snapshot (see ``Replica._publish_snapshot``).
+SNAPSHOT_CHUNK = 5000
 #: Longest wait for the broker to acknowledge one batch of outputs before starting over.
 PUBLISH_TIMEOUT_S = 30.0
 
@@ -136,6 +138,26 @@ def _acceptance(decoded: Decoded) -> tuple[int, int | None, Decoded]:
     except ValueError as exc:
         return -1, None, exc
     return at, at, decoded
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    """What a worker publishes on taking partitions over: which (for the log), the
+    ownership test, the detector's snapshot, and late events kept while rebuilding."""
+
+    label: str
+    owns: Callable[[str], bool]
+    outcome: DetectorOutcome
+    late: list[tuple[str, bytes]]
+
+
+def _chunks(outcome: DetectorOutcome, size: int) -> Iterator[DetectorOutcome]:
+    """``outcome``'s items, in the order they are published, as outcomes of at most
+    ``size`` items each."""
+    for kind in ("assessments", "escalations", "case_reviews", "integrity"):
+        items = getattr(outcome, kind)
+        for start in range(0, len(items), size):
+            yield DetectorOutcome(**{kind: items[start : start + size]})
 
 
 @dataclass
@@ -493,9 +515,8 @@ class Replica:
             delay = self.settings.worker_checkpoint_seconds if self._from_checkpoint else 0.0
             self._next_checkpoint = time.monotonic() + delay
             self._from_checkpoint = False
-        if self.publishing:
-            self._add_snapshots(pending)
-        await self._publish(pending)
+        snapshot = self._take_snapshot() if self.publishing else None
+        await self._publish(pending, snapshot)
         if new_epochs and was_live:
             # An ingest republished its durable log to a broker that had lost it: read the
             # incidents topic again from the start (the republished events may sit below
@@ -729,51 +750,57 @@ class Replica:
                     )
                 )
 
-    def _add_snapshots(self, pending: _Pending) -> None:
+    def _take_snapshot(self) -> _Snapshot | None:
+        """The snapshot due now (see the module docstring), or None. Taken at once, with
+        the state as this batch left it; published by :meth:`_publish_snapshot`."""
         if self._resnapshot_all:
             chosen: frozenset[int] | None = None
         elif self._snapshot_due:
             chosen = frozenset(self._snapshot_due) & self.ownership.owned
         else:
-            return
+            return None
         owns = self.ownership.owns if chosen is None else self.ownership.within(chosen)
-        snapshot = self.detector.snapshot(owns, owns)
-        before = len(pending.records)
-        self._outputs(snapshot, pending, owns, owns)
         late, self._late_while_rebuilding = self._late_while_rebuilding, []
-        for incident_id, value in late:
-            if owns(incident_id):
-                pending.records.append((TOPIC_LATE, incident_id, value))
         self._resnapshot_all = False
         self._snapshot_due = None
         self.snapshots += 1
         self.metrics.snapshots.inc()
-        log.info(
-            "published a snapshot of partitions %s: %d records",
-            "all owned" if chosen is None else sorted(chosen), len(pending.records) - before,
+        return _Snapshot(
+            label="all owned" if chosen is None else str(sorted(chosen)),
+            owns=owns,
+            outcome=self.detector.snapshot(owns, owns),
+            late=[(incident_id, value) for incident_id, value in late if owns(incident_id)],
         )
 
-    async def _publish(self, pending: _Pending) -> None:
-        """Send every record and wait for the broker to acknowledge all of them, retrying
-        until it does; only then do the positions count as applied."""
-        while pending.records:
-            try:
-                await asyncio.wait_for(self._send_all(pending.records), PUBLISH_TIMEOUT_S)
-                break
-            except (KafkaError, TimeoutError) as exc:
-                # After a broker restart Tansu may refuse the first batches of a partition
-                # ("UnknownError") and the producer's state can be stale: start a new one.
-                log.warning(
-                    "publishing %d records failed (%s: %s); retrying with a new producer",
-                    len(pending.records), type(exc).__name__, exc,
-                )
-                await self._restart_producer()
-                await asyncio.sleep(RETRY_S)
-                await asyncio.to_thread(self._ensure_topics_quietly)
-        if pending.records:
-            log.info(published_summary(pending.records), extra={"count": len(pending.records)})
+    async def _publish_snapshot(self, snapshot: _Snapshot) -> None:
+        """Publish a snapshot :data:`SNAPSHOT_CHUNK` records at a time. Built whole, the
+        messages of a national year's snapshot (hundreds of thousands of open escalations
+        and assessments) took more than a GiB at once, which the worker then kept."""
+        total = 0
+        for part in _chunks(snapshot.outcome, SNAPSHOT_CHUNK):
+            chunk = _Pending()
+            self._outputs(part, chunk, snapshot.owns, snapshot.owns)
+            await self._send(chunk.records)
+            self._count(chunk)
+            total += len(chunk.records)
+        late = snapshot.late
+        for start in range(0, len(late), SNAPSHOT_CHUNK):
+            records = [
+                (TOPIC_LATE, key, value) for key, value in late[start : start + SNAPSHOT_CHUNK]
+            ]
+            await self._send(records)
+            total += len(records)
+        log.info("published a snapshot of partitions %s: %d records", snapshot.label, total)
+
+    async def _publish(self, pending: _Pending, snapshot: _Snapshot | None = None) -> None:
+        """Send every record (then the snapshot's, if any) and wait for the broker to
+        acknowledge all of them, retrying until it does; only then do the positions count
+        as applied."""
+        await self._send(pending.records)
         self._count(pending)
-        if pending.positions or pending.records:
+        if snapshot is not None:
+            await self._publish_snapshot(snapshot)
+        if pending.positions or pending.records or snapshot is not None:
             self.last_progress = time.time()
         if pending.positions:
             async with self._applied_changed:
@@ -781,6 +808,26 @@ class Replica:
                 self._applied_changed.notify_all()
         self.metrics.retained.set(self.detector.retained_incidents)
         self.metrics.last_batch.set(time.time())
+
+    async def _send(self, records: list[Record]) -> None:
+        """Send ``records`` and wait for the broker to acknowledge them all, retrying (with
+        a new producer) until it does."""
+        while records:
+            try:
+                await asyncio.wait_for(self._send_all(records), PUBLISH_TIMEOUT_S)
+                break
+            except (KafkaError, TimeoutError) as exc:
+                # After a broker restart Tansu may refuse the first batches of a partition
+                # ("UnknownError") and the producer's state can be stale: start a new one.
+                log.warning(
+                    "publishing %d records failed (%s: %s); retrying with a new producer",
+                    len(records), type(exc).__name__, exc,
+                )
+                await self._restart_producer()
+                await asyncio.sleep(RETRY_S)
+                await asyncio.to_thread(self._ensure_topics_quietly)
+        if records:
+            log.info(published_summary(records), extra={"count": len(records)})
 
     def _count(self, pending: _Pending) -> None:
         """Add a batch's counts to the metrics (one ``inc`` per label set, not per record)."""

@@ -24,7 +24,8 @@ from kafka import KafkaProducer
 from asvat.domain.policy import default_policy
 from asvat.domain.timeutil import format_timestamp, parse_timestamp
 from asvat.embedded.broker import EmbeddedBroker, ensure_topics
-from asvat.settings import TOPIC_EPOCH, TOPIC_INCIDENTS
+from asvat.settings import TOPIC_ASSESSMENTS, TOPIC_EPOCH, TOPIC_ESCALATIONS, TOPIC_INCIDENTS
+from services.repeat_detector import replica as replica_module
 from services.repeat_detector.metrics import WorkerMetrics
 from services.repeat_detector.replica import Record, Replica, _Pending
 from tests.conftest import consume_all, make_settings
@@ -318,3 +319,32 @@ def test_a_checkpoint_from_before_the_broker_lost_its_topics_is_read_past(
     scratch, _ = checkpointed_replica(broker, tmp_path / "scratch", worker_checkpoint_seconds=0)
     rebuild(scratch, lambda: scratch.caught_up, 60)
     assert restarted.detector.export_state() == scratch.detector.export_state()
+
+
+def test_a_snapshot_larger_than_a_chunk_is_published_whole_and_in_order(
+    broker: EmbeddedBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A snapshot goes out SNAPSHOT_CHUNK records at a time (built whole, a national year's
+    took GiBs): every record of it still reaches the broker, in the order it had."""
+    monkeypatch.setattr(replica_module, "SNAPSHOT_CHUNK", 7)
+    publish(broker, minute_events(0, 120))  # 50 callers: repeat victims, escalations
+    replica, _ = new_replica(broker, tmp_path)
+    replica.assign([0, 1])  # owns everything: publishes a snapshot of all once caught up
+    rebuild(replica, lambda: replica.caught_up and replica.snapshots == 1, 60)
+    expected = replica.detector.snapshot(lambda _: True, lambda _: True)
+    assert len(expected.assessments) == 120 and len(expected.escalations) > 7
+
+    assessments = consume_all(broker.bootstrap, TOPIC_ASSESSMENTS)
+    escalations = consume_all(broker.bootstrap, TOPIC_ESCALATIONS)
+    assert sorted(json.loads(r.value)["assessment_id"] for r in assessments) == sorted(
+        a.assessment_id for a in expected.assessments
+    )
+    assert sorted(json.loads(r.value)["escalation_id"] for r in escalations) == sorted(
+        e.escalation_id for e in expected.escalations
+    )
+    # Within each partition, in the snapshot's order.
+    order = {a.assessment_id: i for i, a in enumerate(expected.assessments)}
+    for partition in {r.partition for r in assessments}:
+        ids = [json.loads(r.value)["assessment_id"] for r in assessments
+               if r.partition == partition]
+        assert ids == sorted(ids, key=order.__getitem__)
