@@ -135,7 +135,7 @@ class _Pickler(pickle.Pickler):
         if cls is Place:
             return Place, _fields(obj)
         module = cls.__module__
-        if module.startswith(_DOMAIN) and cls is not type:
+        if module.startswith(_DOMAIN):
             if module == _POLICY_MODULE:
                 raise pickle.PicklingError(
                     f"a policy object ({cls.__name__}) in the state: it would be copied"

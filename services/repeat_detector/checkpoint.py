@@ -307,7 +307,8 @@ class CheckpointWriter:
         return report
 
     def wait(self, timeout: float) -> dict[str, Any] | None:
-        """Wait up to ``timeout`` seconds for a child writing now (at shutdown)."""
+        """Wait up to ``timeout`` seconds for the child writing now, and give its report
+        (None if it is still writing). The worker polls instead; this blocks."""
         deadline = time.monotonic() + timeout
         while self._child is not None and time.monotonic() < deadline:
             report = self.poll()

@@ -783,13 +783,10 @@ class Replica:
             await self._send(chunk.records)
             self._count(chunk)
             total += len(chunk.records)
-        late = snapshot.late
-        for start in range(0, len(late), SNAPSHOT_CHUNK):
-            records = [
-                (TOPIC_LATE, key, value) for key, value in late[start : start + SNAPSHOT_CHUNK]
-            ]
-            await self._send(records)
-            total += len(records)
+        # Already messages, kept while rebuilding: nothing to build, so one send.
+        late: list[Record] = [(TOPIC_LATE, key, value) for key, value in snapshot.late]
+        await self._send(late)
+        total += len(late)
         log.info("published a snapshot of partitions %s: %d records", snapshot.label, total)
 
     async def _publish(self, pending: _Pending, snapshot: _Snapshot | None = None) -> None:
