@@ -841,6 +841,12 @@ def latency(args: argparse.Namespace, pipeline: Pipeline, work: Path) -> list[Ro
     if not ready.wait(30):
         raise RuntimeError("the SSE client did not connect")
     api_before = api_buckets(pipeline.ports["api"], pipeline.api_token)  # (b)'s backlog
+    collectors = {  # process → its port and token for /metrics
+        "worker": (pipeline.ports["worker-a"], None),
+        "ingest": (pipeline.ports["ingest"], pipeline.ingest_token),
+        "API": (pipeline.ports["api"], pipeline.api_token),
+    }
+    gc_before = {name: gc_buckets(scrape(*where)) for name, where in collectors.items()}
     accepted: dict[str, float] = {}
     lock = threading.Lock()
     next_index = [0]
@@ -871,6 +877,10 @@ def latency(args: argparse.Namespace, pipeline: Pipeline, work: Path) -> list[Ro
     posting_s = time.time() - start
     time.sleep(args.drain)
     api_timings = api_histograms(pipeline.ports["api"], pipeline.api_token, api_before)
+    collections_during = "; ".join(
+        f"{name} {gc_pauses(gc_before[name], gc_buckets(scrape(*where)))}"
+        for name, where in collectors.items()
+    )
     stop.set()
     client.terminate()
     client.join(10)
@@ -909,8 +919,10 @@ def latency(args: argparse.Namespace, pipeline: Pipeline, work: Path) -> list[Ro
     sse = Row(f"(c) latency 202 → SSE client, {args.rate:g} events/s repeat callers", count,
               posting_s, figure, f"{p99 / TARGET_P99_MS:.2f} of target",
               f"p99 ≤ {TARGET_P99_MS:.0f} ms", phase.load())
+    pauses = Row("(c) garbage-collector pauses while it ran (asvat_gc_pause_seconds)", count,
+                 posting_s, collections_during, "—", "—", phase.load())
     if not on_topic:
-        return [sse]
+        return [sse, pauses]
     split = f"{spread(on_topic)} over {len(on_topic)} escalation records"
     part = Row("(c) of which 202 → record on asvat.escalations.v1 (worker's part)", count,
                posting_s, split, "—", "—", phase.load())
@@ -923,14 +935,14 @@ def latency(args: argparse.Namespace, pipeline: Pipeline, work: Path) -> list[Ro
         (at_client[i] - on_topic_at[i]) * 1000 for i in at_client if i in on_topic_at
     )
     if not api_part:
-        return [sse, part]
+        return [sse, part, pauses]
     api_split = (
         f"{spread(api_part)}, max {api_part[-1]:.0f} ms over {len(api_part)} incidents' first "
         f"escalation; the API's own histograms: {api_timings}"
     )
     api_row = Row("(c) of which record on the topic → SSE client (the API's part)", count,
                   posting_s, api_split, "—", "—", phase.load())
-    return [sse, part, api_row]
+    return [sse, part, api_row, pauses]
 
 
 #: The API's consumer histograms (c) reports: label → (bucket sample, its topic label).
@@ -940,12 +952,43 @@ API_HISTOGRAMS: dict[str, tuple[str, str | None]] = {
 }
 
 
+def scrape(port: int, token: str | None = None) -> str:
+    """The /metrics text of the process serving ``port``."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/metrics", headers=headers)
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return str(response.read().decode())
+
+
+def gc_buckets(text: str) -> dict[str, dict[float, float]]:
+    """``asvat_gc_pause_seconds`` cumulative bucket counts by generation, from /metrics text."""
+    found: dict[str, dict[float, float]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "asvat_gc_pause_seconds_bucket":
+                bounds = found.setdefault(sample.labels["generation"], {})
+                bounds[float(sample.labels["le"])] = sample.value
+    return found
+
+
+def gc_pauses(before: dict[str, dict[float, float]], after: dict[str, dict[float, float]]) -> str:
+    """The collections between two :func:`gc_buckets` readings: per generation, how many
+    and the bucket bound the longest fell under (so "≤")."""
+    parts = []
+    for generation, now in sorted(after.items()):
+        earlier = before.get(generation, {})
+        buckets = sorted((bound, count - earlier.get(bound, 0.0)) for bound, count in now.items())
+        total = buckets[-1][1] if buckets else 0.0
+        if not total:
+            continue
+        longest = next(bound for bound, count in buckets if count >= total)
+        parts.append(f"gen {generation}: {total:.0f}, longest ≤ {longest * 1000:g} ms")
+    return "; ".join(parts) or "none"
+
+
 def api_buckets(port: int, token: str) -> dict[str, dict[float, float]]:
     """The cumulative bucket counts of :data:`API_HISTOGRAMS` on the API's /metrics now."""
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/metrics", headers={"Authorization": f"Bearer {token}"})
-    with urllib.request.urlopen(request, timeout=10) as response:
-        text = response.read().decode()
+    text = scrape(port, token)
     found: dict[str, dict[float, float]] = {label: {} for label in API_HISTOGRAMS}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:

@@ -45,6 +45,7 @@ from sqlalchemy import Engine, and_, column, func, inspect, literal, select, tab
 from sqlalchemy.sql.elements import ColumnClause, ColumnElement
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from asvat.runtime import GC_PAUSES
 from asvat.settings import TOPIC_ASSESSMENTS, TOPIC_ESCALATIONS
 from services.api.models import UtcDateTime
 
@@ -126,6 +127,7 @@ class ApiMetrics:
             self.messages_consumed.labels(topic=topic)
             self.messages_invalid.labels(topic=topic)
             self.message_delay_seconds.labels(topic=topic)
+        self.registry.register(GC_PAUSES)
         self.database = DatabaseCollector()
         self.registry.register(self.database)
         if engine is not None:

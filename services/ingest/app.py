@@ -33,6 +33,7 @@ from asvat.domain.policy import Policy
 from asvat.domain.timeutil import format_timestamp, now_micros
 from asvat.keys import load_key_ring
 from asvat.logs import ids_of
+from asvat.runtime import GC_PAUSES
 from asvat.settings import Settings
 from services.ingest.area_check import CHECKS, AreaCheck
 from services.ingest.publisher import BrokerUnavailable, Publisher
@@ -59,6 +60,7 @@ class IngestMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self.registry.register(GC_PAUSES)
         self.received = Counter(
             "asvat_ingest_records_received",
             "Incident records received (an unparseable body counts as one).",

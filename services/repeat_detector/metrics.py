@@ -28,6 +28,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from asvat.domain.timeutil import MICROS_PER_SECOND
+from asvat.runtime import GC_PAUSES
 from asvat.settings import TOPIC_INCIDENTS
 
 #: Label value where a level does not exist (yet): assessments and escalations carry no
@@ -63,6 +64,7 @@ class WorkerMetrics:
         #: Unix time of the last offset commit that advanced a partition (0: none yet).
         self.last_commit_at = 0.0
         r = self.registry
+        r.register(GC_PAUSES)
         self.events = Counter(
             "asvat_worker_events_processed",
             "Incident events taken from asvat.incidents.v1, by result: applied, duplicate "
