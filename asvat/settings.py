@@ -212,7 +212,8 @@ class Settings(BaseSettings):
 
     @property
     def resolved_checkpoint_dir(self) -> Path:
-        """Where this worker keeps its checkpoint (one store per worker: RocksDB locks it)."""
+        """Where this worker keeps its checkpoint (one directory per worker: a checkpoint is
+        one worker's state, and its writer removes what a killed write left there)."""
         if self.worker_checkpoint_dir is not None:
             return self.worker_checkpoint_dir
         return self.data_path / "worker" / f"checkpoint-{self.worker_port}"

@@ -106,6 +106,16 @@ class CheckpointStore:
             raise codec.CheckpointError("checkpoint state does not match its size and SHA-256")
         return Checkpoint(meta, blob)
 
+    def remove_leftovers(self) -> list[Path]:
+        """Delete temporary files of writes that never finished (a writer killed by the
+        kernel, or with its worker, gets no chance to): each is as large as a checkpoint
+        and holds the same personal data. Call only while no writer runs."""
+        removed = []
+        for leftover in self.path.glob(f".{FILE_NAME}.*.tmp"):
+            leftover.unlink(missing_ok=True)
+            removed.append(leftover)
+        return removed
+
     def write(self, meta: dict[str, Any], blob: bytes) -> dict[str, Any]:
         """Store ``blob`` as the new checkpoint described by ``meta`` (to which its size
         and SHA-256 are added), atomically; returns the full description."""
@@ -254,6 +264,8 @@ class CheckpointWriter:
         still writing. Call at a batch boundary: the child writes the state as it is now."""
         if self._child is not None:
             return False
+        for leftover in self.store.remove_leftovers():
+            log.warning("removed %s, left by a checkpoint writer that did not finish", leftover)
         read_end, write_end = os.pipe()
         parent = os.getpid()
         pid = os.fork()

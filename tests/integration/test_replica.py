@@ -12,6 +12,7 @@ on the partition ``producer.send`` would have chosen, in the same order.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -26,6 +27,7 @@ from asvat.domain.timeutil import format_timestamp, parse_timestamp
 from asvat.embedded.broker import EmbeddedBroker, ensure_topics
 from asvat.settings import TOPIC_ASSESSMENTS, TOPIC_EPOCH, TOPIC_ESCALATIONS, TOPIC_INCIDENTS
 from services.repeat_detector import replica as replica_module
+from services.repeat_detector.checkpoint import CheckpointStore
 from services.repeat_detector.metrics import WorkerMetrics
 from services.repeat_detector.replica import Record, Replica, _Pending
 from tests.conftest import consume_all, make_settings
@@ -287,6 +289,82 @@ def test_a_restarted_replica_reads_only_what_came_after_its_checkpoint(
     assert scratch.restored is None and counted(full, "applied") == len(first) + len(then)
     assert restarted.detector.export_state() == scratch.detector.export_state()
     assert restarted.applied == scratch.applied == {0: 300, 1: 300}
+
+
+def test_a_clean_stop_writes_a_final_checkpoint_and_the_restart_reads_nothing_again(
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    """The periodic checkpoint (an hour apart here) was written once caught up; a stop
+    after more events writes them too, so the restarted worker applies nothing again and
+    holds what a rebuild from the start holds."""
+    first, then = minute_events(0, 100), minute_events(100, 150)
+    publish(broker, first)
+    writer, _ = checkpointed_replica(broker, tmp_path / "worker", worker_checkpoint_seconds=3600)
+
+    async def run() -> None:
+        task = asyncio.create_task(writer.run())
+        try:
+            assert await until(writer, lambda: writer.last_checkpoint is not None, 60)
+            assert writer.last_checkpoint is not None
+            assert writer.last_checkpoint["offsets"] == {"0": 50, "1": 50}
+            await asyncio.to_thread(publish, broker, then)
+            assert await until(writer, lambda: writer.applied == {0: 125, 1: 125}, 60)
+        finally:
+            writer.stop()
+            await asyncio.wait_for(task, 60)
+
+    asyncio.run(run())
+    assert writer.last_checkpoint is not None
+    assert writer.last_checkpoint["offsets"] == {"0": 125, "1": 125}
+
+    restarted, metrics = checkpointed_replica(broker, tmp_path / "worker")
+    rebuild(restarted, lambda: restarted.caught_up, 60)
+    assert restarted.restored is not None
+    assert restarted.restored["offsets"] == {"0": 125, "1": 125}
+    assert counted(metrics, "applied") == 0
+    scratch, _ = checkpointed_replica(broker, tmp_path / "scratch", worker_checkpoint_seconds=0)
+    rebuild(scratch, lambda: scratch.caught_up, 60)
+    assert restarted.detector.export_state() == scratch.detector.export_state()
+
+
+def test_a_stop_in_the_middle_of_a_step_leaves_the_last_checkpoint_standing(
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    """Outputs decided but not yet published must not be in a checkpoint: a stop that
+    interrupts a step (here: the replica cancelled while its publish waits) writes none."""
+    publish(broker, minute_events(0, 100))
+    writer, _ = checkpointed_replica(broker, tmp_path / "worker", worker_checkpoint_seconds=3600)
+    writer.assign([0, 1])  # publishes: the new events' step has outputs to send
+
+    async def run() -> None:
+        task = asyncio.create_task(writer.run())
+        assert await until(writer, lambda: writer.last_checkpoint is not None, 60)
+        release = asyncio.Event()
+        publishing = asyncio.Event()
+        real_publish = writer._publish
+
+        async def stuck_publish(pending: _Pending, *args: Any) -> None:
+            if pending.records:  # the step that applied the new events
+                publishing.set()
+                await release.wait()  # never set: the stop comes first
+            await real_publish(pending, *args)
+
+        writer._publish = stuck_publish  # type: ignore[method-assign]
+        await asyncio.to_thread(publish, broker, minute_events(100, 20))
+        await asyncio.wait_for(publishing.wait(), 30)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(task, 30)
+
+    asyncio.run(run())
+    assert writer.detector.retained_incidents == 120  # applied, never published
+    assert writer.last_checkpoint is not None
+    assert writer.last_checkpoint["offsets"] == {"0": 50, "1": 50}
+    found = CheckpointStore(writer.settings.resolved_checkpoint_dir).read()
+    assert found is not None and found.offsets == {0: 50, 1: 50}
+    # Not the state with the 20 unpublished events at the offsets before them: restored,
+    # it would take them for duplicates and never publish their outputs.
+    assert found.meta["retained_incidents"] == 100
 
 
 def test_a_checkpoint_from_before_the_broker_lost_its_topics_is_read_past(

@@ -1,4 +1,4 @@
-"""The worker's checkpoint store (RocksDB, real, in a temporary directory) and its forked
+"""The worker's checkpoint store (a real file, in a temporary directory) and its forked
 writer: what is read back is what was written, whole or not at all."""
 
 from __future__ import annotations
@@ -105,6 +105,25 @@ def test_the_forked_writer_writes_the_state_as_it_was_when_forked(tmp_path: Path
     restored = codec.load(found.blob, default_policy())
     assert restored.export_state() == expected
     assert restored.retained_incidents < detector.retained_incidents
+
+
+def test_a_write_that_never_finished_leaves_nothing_behind_once_the_next_starts(
+    tmp_path: Path,
+) -> None:
+    """A writer killed mid-write (by the kernel, or with its worker) leaves its temporary
+    file, as large as a checkpoint and as personal: the next writer removes it first."""
+    store = CheckpointStore(tmp_path / "cp")
+    store.write(META, b"kept")
+    leftovers = [store.path / f".checkpoint.bin.{pid}.tmp" for pid in (4242, 4343)]
+    for leftover in leftovers:
+        leftover.write_bytes(b"half a state")
+    unrelated = store.path / "notes.txt"
+    unrelated.write_text("an operator's file")
+    writer = CheckpointWriter(store)
+    assert writer.start(detector_with(50), META)
+    report = writer.wait(timeout=60)
+    assert report is not None and report["ok"], report
+    assert sorted(p.name for p in store.path.iterdir()) == ["checkpoint.bin", "notes.txt"]
 
 
 def test_a_writer_that_fails_says_why(tmp_path: Path) -> None:
