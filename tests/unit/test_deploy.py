@@ -367,9 +367,15 @@ def test_kustomization_lists_every_manifest() -> None:
     assert on_disk == listed
 
 
+def _workloads() -> dict[str, dict[str, Any]]:
+    """The Deployments and StatefulSets, by name."""
+    return {**_of_kind("Deployment"), **_of_kind("StatefulSet")}
+
+
 def test_deployments_services_and_budgets_fit_together() -> None:
-    deployments = _of_kind("Deployment")
-    assert set(deployments) == {"asvat-ingest", "asvat-worker", "asvat-api"}
+    deployments = _workloads()
+    assert set(_of_kind("Deployment")) == {"asvat-ingest", "asvat-api"}
+    assert set(_of_kind("StatefulSet")) == {"asvat-worker"}
     config_maps = _of_kind("ConfigMap")
     for name, deployment in deployments.items():
         spec = deployment["spec"]
@@ -410,7 +416,7 @@ def test_deployments_services_and_budgets_fit_together() -> None:
 def test_secrets_are_referenced_never_defined() -> None:
     assert not _of_kind("Secret"), "Secrets are created out of band (deploy/k8s/README.md)"
     referenced: dict[str, set[str]] = {}
-    for name, deployment in _of_kind("Deployment").items():
+    for name, deployment in _workloads().items():
         for container in deployment["spec"]["template"]["spec"]["containers"]:
             for variable in container.get("env", []):
                 if "value" in variable:
@@ -437,9 +443,9 @@ def test_configmaps_hold_known_settings_and_a_valid_policy() -> None:
     assert policy.rules
     mount = next(
         m["mountPath"]
-        for m in _of_kind("Deployment")["asvat-worker"]["spec"]["template"]["spec"]["containers"][
-            0
-        ]["volumeMounts"]
+        for m in _workloads()["asvat-worker"]["spec"]["template"]["spec"]["containers"][0][
+            "volumeMounts"
+        ]
         if m["name"] == "policy"
     )
     assert settings["ASVAT_POLICY"] == f"{mount}/policy.yaml"
@@ -451,12 +457,39 @@ def test_workers_are_an_active_active_pair_within_the_partition_count() -> None:
     worker to be caught up (/readyz) before it takes an old one away."""
     settings = _of_kind("ConfigMap")["asvat-settings"]["data"]
     partitions = int(settings["ASVAT_TOPIC_PARTITIONS"])
-    worker = _of_kind("Deployment")["asvat-worker"]["spec"]
+    worker = _of_kind("StatefulSet")["asvat-worker"]["spec"]
     assert 2 <= worker["replicas"] <= partitions
-    assert worker["strategy"]["type"] == "RollingUpdate"
-    assert worker["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    # One pod at a time, the next once the new one is ready (the StatefulSet's rolling
+    # update); readiness means caught up with the topic.
+    assert worker["updateStrategy"]["type"] == "RollingUpdate"
+    assert "maxUnavailable" not in worker["updateStrategy"].get("rollingUpdate", {})
     (container,) = worker["template"]["spec"]["containers"]
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert not _of_kind("ScaledObject") and not _of_kind("HorizontalPodAutoscaler")
+
+
+def test_each_worker_keeps_its_checkpoint_on_a_volume_of_its_own() -> None:
+    """The checkpoint directory (ASVAT_DATA_DIR/worker/…) is on a claim per pod, so a
+    worker replaced by a rollout or moved to another node restarts from its checkpoint; a
+    claim no pod uses is deleted (it holds pseudonymised personal data)."""
+    settings = _of_kind("ConfigMap")["asvat-settings"]["data"]
+    worker = _of_kind("StatefulSet")["asvat-worker"]["spec"]
+    service = _of_kind("Service")[worker["serviceName"]]
+    assert service["spec"]["clusterIP"] == "None"  # the StatefulSet's governing service
+    (claim,) = worker["volumeClaimTemplates"]
+    pod = worker["template"]["spec"]
+    (container,) = pod["containers"]
+    mount = next(m for m in container["volumeMounts"] if m["name"] == claim["metadata"]["name"])
+    assert settings["ASVAT_DATA_DIR"] == mount["mountPath"]
+    assert "ASVAT_WORKER_CHECKPOINT_DIR" not in settings  # so: under ASVAT_DATA_DIR
+    assert claim["metadata"]["name"] not in {v["name"] for v in pod["volumes"]}
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert worker["persistentVolumeClaimRetentionPolicy"] == {
+        "whenDeleted": "Delete", "whenScaled": "Delete"
+    }
+    # SIGTERM's final checkpoint (replica.FINAL_CHECKPOINT_S) fits in the grace period.
+    from services.repeat_detector.replica import FINAL_CHECKPOINT_S
+
+    assert pod["terminationGracePeriodSeconds"] >= FINAL_CHECKPOINT_S + 30
     readme = (K8S / "README.md").read_text(encoding="utf-8")
     assert "No autoscaling on consumer lag" in readme
