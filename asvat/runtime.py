@@ -48,7 +48,7 @@ class GcPauses:
     it makes is a direct delay to every event in flight, which neither CPU nor batch timings
     single out. :func:`watch_gc` installs one instance for the process (a ``gc.callbacks``
     hook: two clock reads per collection); each service's metrics registry registers
-    :data:`GC_PAUSES` as a collector, exposed as ``asvat_gc_pause_seconds``.
+    :data:`GC_PAUSES` as a collector, exposed as ``asvat_process_gc_pause_seconds``.
     """
 
     def __init__(self) -> None:
@@ -75,7 +75,7 @@ class GcPauses:
 
     def collect(self) -> Iterator[HistogramMetricFamily]:
         family = HistogramMetricFamily(
-            "asvat_gc_pause_seconds",
+            "asvat_process_gc_pause_seconds",
             "Time the cyclic garbage collector stopped this process, by generation (0 and 1: "
             "young collections; 2: full collections, which walk every long-lived object).",
             labels=["generation"],

@@ -919,8 +919,8 @@ def latency(args: argparse.Namespace, pipeline: Pipeline, work: Path) -> list[Ro
     sse = Row(f"(c) latency 202 → SSE client, {args.rate:g} events/s repeat callers", count,
               posting_s, figure, f"{p99 / TARGET_P99_MS:.2f} of target",
               f"p99 ≤ {TARGET_P99_MS:.0f} ms", phase.load())
-    pauses = Row("(c) garbage-collector pauses while it ran (asvat_gc_pause_seconds)", count,
-                 posting_s, collections_during, "—", "—", phase.load())
+    pauses = Row("(c) garbage-collector pauses while it ran (asvat_process_gc_pause_seconds)",
+                 count, posting_s, collections_during, "—", "—", phase.load())
     if not on_topic:
         return [sse, pauses]
     split = f"{spread(on_topic)} over {len(on_topic)} escalation records"
@@ -961,11 +961,12 @@ def scrape(port: int, token: str | None = None) -> str:
 
 
 def gc_buckets(text: str) -> dict[str, dict[float, float]]:
-    """``asvat_gc_pause_seconds`` cumulative bucket counts by generation, from /metrics text."""
+    """``asvat_process_gc_pause_seconds`` cumulative bucket counts by generation, from the
+    /metrics text."""
     found: dict[str, dict[float, float]] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.name == "asvat_gc_pause_seconds_bucket":
+            if sample.name == "asvat_process_gc_pause_seconds_bucket":
                 bounds = found.setdefault(sample.labels["generation"], {})
                 bounds[float(sample.labels["le"])] = sample.value
     return found

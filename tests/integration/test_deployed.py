@@ -374,14 +374,14 @@ def test_running_services_expose_only_declared_metrics_and_the_required_ones(
             "asvat_ingest_records_accepted_total",
             "asvat_ingest_records_rejected_total",
             "asvat_ingest_dead_letters_total",
-            "asvat_gc_pause_seconds_count",
+            "asvat_process_gc_pause_seconds_count",
         },
         "worker": {
             "asvat_worker_events_processed_total",
             "asvat_worker_late_events_total",
             "asvat_worker_retained_incidents",
             "asvat_worker_last_commit_timestamp_seconds",
-            "asvat_gc_pause_seconds_count",
+            "asvat_process_gc_pause_seconds_count",
         },
         "api": {
             "asvat_api_live_alert_clients",
@@ -390,7 +390,7 @@ def test_running_services_expose_only_declared_metrics_and_the_required_ones(
             "asvat_api_oldest_unacknowledged_high_risk_escalation_age_seconds",
             "asvat_api_reviews_overdue",
             "asvat_api_database_stats_up",
-            "asvat_gc_pause_seconds_count",
+            "asvat_process_gc_pause_seconds_count",
         },
     }
     for name, names in required.items():

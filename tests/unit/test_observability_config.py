@@ -156,7 +156,10 @@ def test_promtool_finds_no_problem_in_each_services_metrics() -> None:
 def test_metric_names_follow_the_conventions(declared: set[str]) -> None:
     units = ("_seconds", "_messages", "_connections", "_incidents", "_clients")
     for name in declared:
-        assert name.startswith(("asvat_ingest_", "asvat_worker_", "asvat_api_")), name
+        # asvat_process_: what every service says of its own process (the job tells which).
+        assert name.startswith(
+            ("asvat_ingest_", "asvat_worker_", "asvat_api_", "asvat_process_")
+        ), name
         assert not re.search(r"_(ms|milliseconds|minutes|hours|bytes_total_total)$", name), name
     # Every latency is a histogram, in seconds.
     for latency in ("asvat_ingest_publish", "asvat_api_request", "asvat_worker_batch"):

@@ -37,12 +37,12 @@ def test_watch_gc_records_each_collection_under_its_generation() -> None:
     counts = {
         labels["generation"]: value
         for name, labels, value in samples
-        if name == "asvat_gc_pause_seconds_count"
+        if name == "asvat_process_gc_pause_seconds_count"
     }
     sums = {
         labels["generation"]: value
         for name, labels, value in samples
-        if name == "asvat_gc_pause_seconds_sum"
+        if name == "asvat_process_gc_pause_seconds_sum"
     }
     assert counts["2"] >= 1
     assert counts["0"] >= 1
