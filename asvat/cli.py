@@ -450,10 +450,62 @@ def build_parser() -> argparse.ArgumentParser:
     native.add_argument("-v", "--verbose", action="store_true", help="build: show the compiler")
     native.set_defaults(func=_cmd_native)
 
+    checkpoint = sub.add_parser(
+        "checkpoint", help="a worker's checkpoint: what it holds, and whether a restart loads it"
+    )
+    checkpoint.add_argument("action", choices=["show"])
+    checkpoint.add_argument(
+        "--dir", type=Path, default=None,
+        help="the checkpoint directory (default: ASVAT_WORKER_CHECKPOINT_DIR, else "
+        "<ASVAT_DATA_DIR>/worker/checkpoint-<ASVAT_WORKER_PORT>)",
+    )
+    checkpoint.add_argument(
+        "--partitions", type=int, default=None,
+        help="partitions of asvat.incidents.v1 (default: ASVAT_TOPIC_PARTITIONS)",
+    )
+    checkpoint.add_argument("--json", action="store_true", help="the report as JSON")
+    _add_policy(checkpoint)
+    checkpoint.set_defaults(func=_cmd_checkpoint)
+
     config = sub.add_parser("config", help="show the settings")
     config.add_argument("--markdown", action="store_true", help="the README's configuration table")
     config.set_defaults(func=_cmd_config)
     return parser
+
+
+def _cmd_checkpoint(args: argparse.Namespace, settings: Settings) -> int:
+    """Describe a worker's checkpoint and say whether a restart would load it."""
+    import json
+
+    from asvat.domain.timeutil import now_micros, parse_timestamp
+    from services.repeat_detector.checkpoint import CheckpointStore, inspect
+
+    directory = args.dir or settings.resolved_checkpoint_dir
+    report = inspect(CheckpointStore(directory), _policy(args, settings), args.partitions
+                     or settings.topic_partitions)
+    if args.json:
+        print(json.dumps(report, indent=2, sort_keys=True))
+        return 0 if report["usable"] else 1
+    print(f"directory: {report['directory']}")
+    if "file" in report:
+        age_s = (now_micros() - parse_timestamp(str(report["written_at"]))) / 1_000_000
+        offsets = report["offsets"] or {}
+        print(f"file: {report['file']} ({report['size']:,} bytes of state, mode {report['mode']})")
+        print(f"written at: {report['written_at']} ({age_s / 60:,.1f} minutes ago)")
+        print(f"retained incidents: {report['retained_incidents']:,}")
+        by_partition = sorted(offsets.items(), key=lambda item: int(item[0]))
+        listed = ", ".join(f"{partition}: {offset:,}" for partition, offset in by_partition)
+        print(f"offsets: {listed} ({sum(offsets.values()):,} events)")
+        print(f"broker epochs: {', '.join(report['epochs'] or []) or 'none'}")
+    for leftover in report["leftovers"]:
+        print(f"left by a write that never finished (the next write removes it): {leftover}")
+    if report["usable"]:
+        print("usable: a restarted worker loads it and reads only what came after these offsets")
+        return 0
+    print("not usable: a restarted worker reads the topic from the start, because:")
+    for reason in report["refused"]:
+        print(f"  - {reason}")
+    return 1
 
 
 def _cmd_native(args: argparse.Namespace, settings: Settings) -> int:

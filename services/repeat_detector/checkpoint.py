@@ -153,6 +153,20 @@ def code_digest() -> str:
     return digest.hexdigest()
 
 
+def refusals(meta: dict[str, Any], policy: Policy, partitions: int) -> list[str]:
+    """Why a checkpoint described by ``meta`` would be set aside by a worker of ``policy``
+    on a topic of ``partitions`` (empty: it would be loaded). The encoded state carries
+    its own policy digest, which loading checks again."""
+    reasons = []
+    if int(meta["partitions"]) != partitions:
+        reasons.append(f"checkpoint of {meta['partitions']} partitions, the topic has {partitions}")
+    if meta.get("code") != code_digest():
+        reasons.append("checkpoint written by another version of the domain code")
+    if meta.get("policy") != codec.policy_digest(policy):
+        reasons.append("checkpoint written under another policy")
+    return reasons
+
+
 def restore(
     store: CheckpointStore, policy: Policy, partitions: int
 ) -> tuple[Detector, Checkpoint] | None:
@@ -163,12 +177,8 @@ def restore(
         if found is None:
             log.info("no checkpoint in %s: reading the topic from the start", store.path)
             return None
-        if int(found.meta["partitions"]) != partitions:
-            raise codec.CheckpointError(
-                f"checkpoint of {found.meta['partitions']} partitions, the topic has {partitions}"
-            )
-        if found.meta.get("code") != code_digest():
-            raise codec.CheckpointError("checkpoint written by another version of the domain code")
+        for reason in refusals(found.meta, policy, partitions):
+            raise codec.CheckpointError(reason)
         was_enabled = gc.isenabled()
         gc.disable()  # millions of new objects, none garbage: the collector would only walk them
         try:
@@ -186,6 +196,37 @@ def restore(
         time.perf_counter() - started,
     )
     return detector, found
+
+
+def inspect(store: CheckpointStore, policy: Policy, partitions: int) -> dict[str, Any]:
+    """What ``asvat checkpoint show`` reports: the checkpoint's description, whether a
+    worker of ``policy`` on ``partitions`` partitions would load it (``usable``) and, if
+    not, why (``refused``); temporary files left by writes that never finished. Reads and
+    checks the whole file (size and SHA-256), never decodes the state."""
+    report: dict[str, Any] = {
+        "directory": str(store.path),
+        "leftovers": sorted(p.name for p in store.path.glob(f".{FILE_NAME}.*.tmp")),
+    }
+    try:
+        found = store.read()
+    except (codec.CheckpointError, OSError) as exc:
+        return {**report, "usable": False, "refused": [f"damaged: {exc}"]}
+    if found is None:
+        return {**report, "usable": False, "refused": ["no checkpoint"]}
+    meta = found.meta
+    reasons = refusals(meta, policy, partitions)
+    stat = store.file.stat()
+    return {
+        **report,
+        "usable": not reasons,
+        "refused": reasons,
+        "file": str(store.file),
+        "mode": f"{stat.st_mode & 0o777:04o}",
+        **{k: meta.get(k) for k in (
+            "written_at", "retained_incidents", "watermark", "offsets", "epochs", "partitions",
+            "size", "format",
+        )},
+    }
 
 
 def _die_with_parent(parent: int) -> None:

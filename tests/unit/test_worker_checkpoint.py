@@ -3,6 +3,8 @@ writer: what is read back is what was written, whole or not at all."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import signal
 import subprocess
@@ -20,11 +22,18 @@ from services.repeat_detector.checkpoint import (
     CheckpointStore,
     CheckpointWriter,
     code_digest,
+    inspect,
     restore,
 )
 from tests.unit.test_checkpoint import year
 
-META = {"offsets": {"0": 5, "1": 7}, "epochs": ["e1"], "partitions": 2, "written_at": "now"}
+META = {
+    "offsets": {"0": 5, "1": 7},
+    "epochs": ["e1"],
+    "partitions": 2,
+    "written_at": "now",
+    "policy": codec.policy_digest(default_policy()),
+}
 
 
 def detector_with(events: int) -> Detector:
@@ -215,3 +224,62 @@ def test_a_worker_that_is_pid_1_writes_checkpoints(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert (tmp_path / "cp" / "checkpoint.bin").exists()
+
+
+def test_inspect_says_what_a_restart_would_do_without_decoding_the_state(tmp_path: Path) -> None:
+    store = CheckpointStore(tmp_path / "cp")
+    policy = default_policy()
+    assert inspect(store, policy, 2) == {
+        "directory": str(store.path), "leftovers": [], "usable": False,
+        "refused": ["no checkpoint"],
+    }
+    detector = detector_with(300)
+    store.write({**META, "code": code_digest(), "retained_incidents": 300}, codec.dump(detector))
+    (store.path / ".checkpoint.bin.77.tmp").write_bytes(b"half")
+    report = inspect(store, policy, 2)
+    assert report["usable"] and report["refused"] == []
+    assert report["offsets"] == {"0": 5, "1": 7} and report["retained_incidents"] == 300
+    assert report["mode"] == "0600" and report["leftovers"] == [".checkpoint.bin.77.tmp"]
+    stricter = dataclasses.replace(policy, max_lateness=policy.max_lateness + 1)
+    report = inspect(store, stricter, 4)
+    assert not report["usable"]
+    assert report["refused"] == [
+        "checkpoint of 2 partitions, the topic has 4",
+        "checkpoint written under another policy",
+    ]
+    # What inspect refuses, restore refuses: the same checks.
+    assert restore(store, stricter, 2) is None and restore(store, policy, 2) is not None
+    store.file.write_bytes(store.file.read_bytes()[:-1])
+    report = inspect(store, policy, 2)
+    assert not report["usable"] and report["refused"][0].startswith("damaged: ")
+
+
+def test_asvat_checkpoint_show_exits_0_only_when_a_restart_would_load_it(tmp_path: Path) -> None:
+    store = CheckpointStore(tmp_path / "cp")
+    store.write(
+        {**META, "code": code_digest(), "retained_incidents": 300,
+         "written_at": "2026-11-27T08:00:00Z", "watermark": 0},
+        codec.dump(detector_with(300)),
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ASVAT_")}
+    env["ASVAT_DATA_DIR"] = str(tmp_path / "data")
+
+    def show(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "asvat", "checkpoint", "show", "--dir", str(store.path), *args],
+            capture_output=True, text=True, env=env, timeout=60,
+        )
+
+    usable = show("--partitions", "2")
+    assert usable.returncode == 0, usable.stderr
+    assert "retained incidents: 300" in usable.stdout
+    assert "offsets: 0: 5, 1: 7 (12 events)" in usable.stdout
+    assert "usable: a restarted worker loads it" in usable.stdout
+    refused = show("--partitions", "4", "--json")
+    assert refused.returncode == 1
+    assert json.loads(refused.stdout)["refused"] == ["checkpoint of 2 partitions, the topic has 4"]
+    empty = subprocess.run(
+        [sys.executable, "-m", "asvat", "checkpoint", "show", "--dir", str(tmp_path / "none")],
+        capture_output=True, text=True, env=env, timeout=60,
+    )
+    assert empty.returncode == 1 and "  - no checkpoint" in empty.stdout
