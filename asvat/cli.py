@@ -501,6 +501,8 @@ def _cmd_checkpoint(args: argparse.Namespace, settings: Settings) -> int:
         print(f"left by a write that never finished (the next write removes it): {leftover}")
     if report["usable"]:
         print("usable: a restarted worker loads it and reads only what came after these offsets")
+        print("(unless the broker has lost its topics since, as the embedded broker does when "
+              "asvat up restarts: a new broker epoch makes it read the topic from the start)")
         return 0
     print("not usable: a restarted worker reads the topic from the start, because:")
     for reason in report["refused"]:
