@@ -108,6 +108,8 @@ PUBLISH_TIMEOUT_S = 30.0
 #: Longest a stopping worker waits for its final checkpoint (2,000,000 events' state took
 #: 18 s to write, bench/pipeline.py --rebuild-only); within Kubernetes' grace period.
 FINAL_CHECKPOINT_S = 45.0
+#: Longest a stopping worker lets the step in hand finish (publish what it decided).
+STEP_FINISH_S = 15.0
 
 #: What the per-batch log line calls the records of each topic, in its order.
 TOPIC_NOUNS = {
@@ -343,7 +345,7 @@ class Replica:
         try:
             await self._assign_all()
             while not self._stopping:
-                await self._step()
+                await self._step_to_its_end()
         finally:
             await self._consumer.stop()
             await self._producer.stop()
@@ -351,6 +353,25 @@ class Replica:
 
     def stop(self) -> None:
         self._stopping = True
+
+    async def _step_to_its_end(self) -> None:
+        """One step. Cancelled meanwhile (the worker is stopping: faust cancels its tasks),
+        the step still finishes, up to :data:`STEP_FINISH_S`, so that what it decided is
+        published and the final checkpoint can hold it; a step that cannot finish in time
+        (the broker does not answer) is cancelled, and no final checkpoint is written."""
+        step = asyncio.ensure_future(self._step())
+        try:
+            await asyncio.shield(step)
+        except asyncio.CancelledError:
+            if not step.done():
+                log.info("stopping: finishing the batch in hand (up to %.0f s)", STEP_FINISH_S)
+                await asyncio.wait({step}, timeout=STEP_FINISH_S)
+            if not step.done():
+                step.cancel()
+            (result,) = await asyncio.gather(step, return_exceptions=True)
+            if isinstance(result, Exception):
+                log.error("the batch in hand failed while stopping: %s", result)
+            raise
 
     def _ensure_topics(self) -> None:
         ensure_all_topics(self.settings.bootstrap, self.settings.topic_partitions)

@@ -327,29 +327,28 @@ def test_a_clean_stop_writes_a_final_checkpoint_and_the_restart_reads_nothing_ag
     assert restarted.detector.export_state() == scratch.detector.export_state()
 
 
-def test_a_stop_in_the_middle_of_a_step_leaves_the_last_checkpoint_standing(
-    broker: EmbeddedBroker, tmp_path: Path
+def cancel_while_publishing(
+    broker: EmbeddedBroker, writer: Replica, publish_takes: float | None
 ) -> None:
-    """Outputs decided but not yet published must not be in a checkpoint: a stop that
-    interrupts a step (here: the replica cancelled while its publish waits) writes none."""
-    publish(broker, minute_events(0, 100))
-    writer, _ = checkpointed_replica(broker, tmp_path / "worker", worker_checkpoint_seconds=3600)
-    writer.assign([0, 1])  # publishes: the new events' step has outputs to send
+    """Run ``writer`` until caught up and checkpointed, publish 20 more events, and cancel
+    it (as faust stops its tasks) while the step that applied them publishes, which takes
+    ``publish_takes`` seconds (None: never ends)."""
 
     async def run() -> None:
         task = asyncio.create_task(writer.run())
         assert await until(writer, lambda: writer.last_checkpoint is not None, 60)
-        release = asyncio.Event()
         publishing = asyncio.Event()
         real_publish = writer._publish
 
-        async def stuck_publish(pending: _Pending, *args: Any) -> None:
+        async def slow_publish(pending: _Pending, *args: Any) -> None:
             if pending.records:  # the step that applied the new events
                 publishing.set()
-                await release.wait()  # never set: the stop comes first
+                if publish_takes is None:
+                    await asyncio.Event().wait()
+                await asyncio.sleep(publish_takes)
             await real_publish(pending, *args)
 
-        writer._publish = stuck_publish  # type: ignore[method-assign]
+        writer._publish = slow_publish  # type: ignore[method-assign]
         await asyncio.to_thread(publish, broker, minute_events(100, 20))
         await asyncio.wait_for(publishing.wait(), 30)
         task.cancel()
@@ -357,6 +356,33 @@ def test_a_stop_in_the_middle_of_a_step_leaves_the_last_checkpoint_standing(
             await asyncio.wait_for(task, 30)
 
     asyncio.run(run())
+
+
+def test_a_stop_during_a_step_lets_it_finish_and_then_checkpoints(
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    """Under a steady stream a stop nearly always lands in a step: the step in hand is
+    let finish (its outputs published), then the final checkpoint holds it."""
+    publish(broker, minute_events(0, 100))
+    writer, _ = checkpointed_replica(broker, tmp_path / "worker", worker_checkpoint_seconds=3600)
+    writer.assign([0, 1])  # publishes: the new events' step has outputs to send
+    cancel_while_publishing(broker, writer, publish_takes=1.0)
+    assert writer.applied == {0: 60, 1: 60}
+    found = CheckpointStore(writer.settings.resolved_checkpoint_dir).read()
+    assert found is not None and found.offsets == {0: 60, 1: 60}
+    assert found.meta["retained_incidents"] == 120
+
+
+def test_a_step_that_cannot_finish_leaves_the_last_checkpoint_standing(
+    broker: EmbeddedBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Outputs decided but not yet published must not be in a checkpoint: a step whose
+    publish does not end within STEP_FINISH_S is cancelled, and no final one is written."""
+    monkeypatch.setattr(replica_module, "STEP_FINISH_S", 0.5)
+    publish(broker, minute_events(0, 100))
+    writer, _ = checkpointed_replica(broker, tmp_path / "worker", worker_checkpoint_seconds=3600)
+    writer.assign([0, 1])
+    cancel_while_publishing(broker, writer, publish_takes=None)
     assert writer.detector.retained_incidents == 120  # applied, never published
     assert writer.last_checkpoint is not None
     assert writer.last_checkpoint["offsets"] == {"0": 50, "1": 50}

@@ -487,9 +487,9 @@ def test_each_worker_keeps_its_checkpoint_on_a_volume_of_its_own() -> None:
     assert worker["persistentVolumeClaimRetentionPolicy"] == {
         "whenDeleted": "Delete", "whenScaled": "Delete"
     }
-    # SIGTERM's final checkpoint (replica.FINAL_CHECKPOINT_S) fits in the grace period.
-    from services.repeat_detector.replica import FINAL_CHECKPOINT_S
+    # On SIGTERM the batch in hand and the final checkpoint fit in the grace period.
+    from services.repeat_detector.replica import FINAL_CHECKPOINT_S, STEP_FINISH_S
 
-    assert pod["terminationGracePeriodSeconds"] >= FINAL_CHECKPOINT_S + 30
+    assert pod["terminationGracePeriodSeconds"] >= STEP_FINISH_S + FINAL_CHECKPOINT_S + 15
     readme = (K8S / "README.md").read_text(encoding="utf-8")
     assert "No autoscaling on consumer lag" in readme
