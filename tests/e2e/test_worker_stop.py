@@ -7,6 +7,8 @@ one written on caught up and the final one can exist."""
 from __future__ import annotations
 
 import re
+import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -85,3 +87,35 @@ def test_a_worker_stopped_with_sigterm_writes_its_state_and_its_restart_reads_no
     assert restored is not None and sum(restored["offsets"].values()) == 300
     assert pipeline.readyz("worker-a")["retained_incidents"] == 300
     assert applied_events(pipeline) == 0  # nothing read again
+
+
+def test_a_worker_stopped_during_a_stream_checkpoints_what_it_published(
+    pipeline: Pipeline,
+) -> None:
+    """SIGTERM while events keep coming (a rollout under load): the worker finishes the
+    batch in hand and checkpoints; its restart reads exactly the events after that."""
+    publish(pipeline, 0, 200)
+    pipeline.start("worker-a")
+    pipeline.wait_ready("worker-a")
+    wait_for(lambda: pipeline.readyz("worker-a")["checkpoint"]["last_written"], 60,
+             "the checkpoint written once caught up")
+    total = 200 + 40 * 50
+    stream = threading.Thread(target=lambda: [
+        (publish(pipeline, 200 + 50 * i, 50), time.sleep(0.05)) for i in range(40)
+    ])
+    stream.start()
+    wait_for(lambda: applied_events(pipeline) >= 600, 60, "the stream under way")
+    pipeline.stop("worker-a")
+    stream.join()
+
+    port = pipeline.ports["worker-a"]
+    final = CheckpointStore(pipeline.data_dir / "worker" / f"checkpoint-{port}").read()
+    assert final is not None
+    covered = sum(final.offsets.values())
+    assert 600 <= covered < total, covered
+    assert final.meta["retained_incidents"] == covered
+    pipeline.start("worker-a")
+    pipeline.wait_ready("worker-a")
+    wait_for(lambda: pipeline.readyz("worker-a")["retained_incidents"] == total, 60,
+             "every event applied")
+    assert applied_events(pipeline) == total - covered
