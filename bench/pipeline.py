@@ -1081,7 +1081,8 @@ def rebuild(args: argparse.Namespace, work: Path, rows: list[Row]) -> None:
     after both workers stopped, with no checkpoint): spawn → ready (``/readyz``: read it
     all, published its snapshot). Then the checkpoint it writes once caught up, and a
     restart from it: the worker killed (SIGKILL), ``--tail-events`` more events written
-    while it is down, spawn → ready again. ``--rebuild-only``."""
+    while it is down, spawn → ready again. Last, a rollout's restart: the worker stopped
+    with SIGTERM (it writes a final checkpoint), then spawn → ready. ``--rebuild-only``."""
     n, tail = args.replay_events, args.tail_events
     print(f"[{time.strftime('%H:%M:%S')}] making {n + tail:,} events for the rebuild", flush=True)
     messages = replay_messages(n + tail)
@@ -1126,6 +1127,22 @@ def rebuild(args: argparse.Namespace, work: Path, rows: list[Row]) -> None:
             f"{seconds:.1f} s (worker CPU {cpu:.0f} s; RSS {rss:,} MiB; "
             f"{state.get('retained_incidents', 0):,} incidents retained)", "—", "—",
             phase.load()))
+
+        phase = Phase("a rollout: SIGTERM (final checkpoint), then a restart")
+        process = pipeline.processes.pop("worker-a")
+        stopping = time.time()
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(args.timeout_replay)
+        stop_s = time.time() - stopping
+        seconds, cpu, rss, state = _start_until_ready(pipeline, args.timeout_replay)
+        restored = state.get("checkpoint", {}).get("restored") or {}
+        covered = sum(int(o) for o in (restored.get("offsets") or {}).values())
+        rows.append(Row(
+            "a rollout's restart: SIGTERM → exited (batch in hand, final checkpoint, leave), "
+            "then spawn → ready from the final checkpoint", n + tail, stop_s + seconds,
+            f"stopped in {stop_s:.1f} s, ready {seconds:.1f} s after spawn (worker CPU "
+            f"{cpu:.0f} s; RSS {rss:,} MiB); the checkpoint covered {covered:,} of "
+            f"{n + tail:,} events", "—", "—", phase.load()))
     finally:
         pipeline.stop_all()
 

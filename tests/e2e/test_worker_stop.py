@@ -71,7 +71,9 @@ def test_a_worker_stopped_with_sigterm_writes_its_state_and_its_restart_reads_no
 
     publish(pipeline, 200, 100)  # after the last periodic checkpoint (the next is an hour off)
     wait_for(lambda: applied_events(pipeline) == 300, 60, "the 100 new events applied")
+    process = pipeline.processes["worker-a"]
     pipeline.stop("worker-a")  # SIGTERM, as Kubernetes and docker stop send it
+    assert process.returncode == 0  # a clean stop, and it leaves without a teardown
 
     port = pipeline.ports["worker-a"]
     final = CheckpointStore(pipeline.data_dir / "worker" / f"checkpoint-{port}").read()
