@@ -161,6 +161,7 @@ def create_app(
         return Progress(
             caught_up=replica.caught_up,
             owned_partitions=len(replica.ownership.owned),
+            snapshot_in_flight=replica.snapshot_in_flight,
             replica_lag=sum(replica.lag().values()),
             seconds_since_progress=now - replica.last_progress,
             commit_lag=commit_lag,

@@ -6,7 +6,9 @@ the loop. Readiness therefore asks for *progress*, not for a process:
 
 * the replica has read ``asvat.incidents.v1`` to its end since the last start or broker
   reset (before that, what it would publish is not yet true);
-* the consumer group has given it partitions (else it publishes nothing);
+* the consumer group has given it partitions (else it publishes nothing), and it has
+  published the snapshot of those it took over (a national year's is 276,000 records,
+  seconds of sending, and new events wait behind it);
 * when messages are waiting for the replica, it applied some within ``stall_after``;
 * when published work is waiting to be committed by the group, a commit advanced within
   ``stall_after`` (faust's consumer stall shows here: the replica goes on, commits stop).
@@ -23,6 +25,7 @@ class Progress:
 
     caught_up: bool
     owned_partitions: int
+    snapshot_in_flight: bool  # publishing the snapshot of partitions it took over
     replica_lag: int  # messages waiting for the replica, all partitions
     seconds_since_progress: float  # since the replica last applied or published something
     commit_lag: int  # applied but not committed by the group, owned partitions
@@ -36,6 +39,8 @@ def verdict(progress: Progress, stall_after: float) -> list[str]:
         reasons.append("rebuilding: the replica has not yet read asvat.incidents.v1 to its end")
     if progress.owned_partitions == 0:
         reasons.append("no partitions assigned by the consumer group")
+    if progress.snapshot_in_flight:
+        reasons.append("publishing the snapshot of the partitions it took over")
     if progress.replica_lag > 0 and progress.seconds_since_progress > stall_after:
         reasons.append(
             f"stalled: {progress.replica_lag} messages waiting and nothing applied for "

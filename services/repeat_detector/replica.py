@@ -261,6 +261,8 @@ class Replica:
         self._epoch_end = 0
         self._epoch_next = 0
         self._stopping = False
+        #: True while the snapshot of partitions taken over is being published (/readyz).
+        self.snapshot_in_flight = False
         #: True between steps: every event applied has its outputs published, so the state
         #: and ``applied`` agree (a stop that interrupts a step leaves it False).
         self._settled = True
@@ -545,7 +547,11 @@ class Replica:
             self._next_checkpoint = time.monotonic() + delay
             self._from_checkpoint = False
         snapshot = self._take_snapshot() if self.publishing else None
-        await self._publish(pending, snapshot)
+        self.snapshot_in_flight = snapshot is not None
+        try:
+            await self._publish(pending, snapshot)
+        finally:
+            self.snapshot_in_flight = False
         if new_epochs and was_live:
             # An ingest republished its durable log to a broker that had lost it: read the
             # incidents topic again from the start (the republished events may sit below

@@ -425,6 +425,27 @@ def test_a_checkpoint_from_before_the_broker_lost_its_topics_is_read_past(
     assert restarted.detector.export_state() == scratch.detector.export_state()
 
 
+def test_the_replica_says_while_its_snapshot_is_being_published(
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    """/readyz waits for the snapshot of partitions taken over: caught up is not enough
+    (a national year's snapshot takes seconds, and new events wait behind it)."""
+    publish(broker, minute_events(0, 60))
+    replica, _ = new_replica(broker, tmp_path)
+    replica.assign([0, 1])
+    seen: list[tuple[bool, bool]] = []  # (caught up, snapshot in flight) as each send starts
+    real_send = replica._send
+
+    async def watched_send(records: list[Record]) -> None:
+        seen.append((replica.caught_up, replica.snapshot_in_flight))
+        await real_send(records)
+
+    replica._send = watched_send  # type: ignore[method-assign]
+    rebuild(replica, lambda: replica.snapshots == 1 and not replica.snapshot_in_flight, 60)
+    assert (True, True) in seen  # caught up, and the snapshot still going out
+    assert not replica.snapshot_in_flight
+
+
 def test_a_snapshot_larger_than_a_chunk_is_published_whole_and_in_order(
     broker: EmbeddedBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

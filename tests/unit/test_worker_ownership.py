@@ -101,6 +101,7 @@ def _progress(**changes: object) -> Progress:
     fields: dict[str, object] = {
         "caught_up": True,
         "owned_partitions": 2,
+        "snapshot_in_flight": False,
         "replica_lag": 0,
         "seconds_since_progress": 500.0,
         "commit_lag": 0,
@@ -117,6 +118,10 @@ def test_ready_when_idle_with_nothing_waiting() -> None:
 def test_not_ready_while_rebuilding_or_without_partitions() -> None:
     assert "rebuilding" in verdict(_progress(caught_up=False), 60)[0]
     assert "no partitions" in verdict(_progress(owned_partitions=0), 60)[0]
+
+
+def test_not_ready_until_the_snapshot_of_partitions_taken_over_is_published() -> None:
+    assert "publishing the snapshot" in verdict(_progress(snapshot_in_flight=True), 60)[0]
 
 
 def test_not_ready_when_work_waits_and_nothing_moves() -> None:
