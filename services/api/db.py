@@ -18,7 +18,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, Table, create_engine, event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -97,3 +98,13 @@ def _ensure_sqlite_parent(database: str | None) -> None:
     if not database or database == ":memory:" or database.startswith("file:"):
         return
     Path(database).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
+
+
+def insert_on_conflict(dialect: str, table: Table) -> postgresql.Insert | sqlite.Insert | None:
+    """``table``'s INSERT in ``dialect``, which can take ON CONFLICT (an upsert), or None
+    for a dialect without it."""
+    if dialect == "postgresql":
+        return postgresql.insert(table)
+    if dialect == "sqlite":
+        return sqlite.insert(table)
+    return None

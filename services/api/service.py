@@ -37,14 +37,13 @@ from sqlalchemy import (
     text,
     tuple_,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from asvat.domain.timeutil import TimestampError, parse_duration, parse_timestamp
 from services.api import grid, statistics
 from services.api.areas import NOWHERE, AreaIndex, Located
+from services.api.db import insert_on_conflict
 from services.api.models import (
-    AreaCount,
     Assessment,
     AuditEntry,
     Escalation,
@@ -236,7 +235,7 @@ def _assessment_upsert(dialect: str, columns: tuple[str, ...]) -> Any:
     """INSERT … ON CONFLICT (incident_id) DO UPDATE of ``columns``, or None for a dialect
     without it. Built once: building it (its ``excluded`` columns above all) cost more per
     batch than running it, when the live feed comes in batches of a few messages."""
-    insert = _insert_for_dialect(dialect, Assessment)
+    insert = insert_on_conflict(dialect, cast(Table, Assessment.__table__))
     if insert is None:
         return None
     updated = {name: getattr(insert.excluded, name) for name in columns if name != "incident_id"}
@@ -949,18 +948,6 @@ def reviews_due(
 
 def _digest(*parts: str) -> str:
     return hashlib.sha256("|".join(parts).encode("utf-8")).hexdigest()
-
-
-def _insert_for_dialect(
-    dialect: str, model: type[Assessment | Escalation | AreaCount]
-) -> postgresql.Insert | sqlite.Insert | None:
-    """The dialect's INSERT with ON CONFLICT support, or None where there is none."""
-    table = cast(Table, model.__table__)
-    if dialect == "postgresql":
-        return postgresql.insert(table)
-    if dialect == "sqlite":
-        return sqlite.insert(table)
-    return None
 
 
 def _level(value: Any, name: str) -> str | None:

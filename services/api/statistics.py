@@ -23,11 +23,11 @@ from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import Table, delete, func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from services.api import grid
 from services.api.areas import UNASSIGNED, AreaIndex, Located, parse_location_key
+from services.api.db import insert_on_conflict
 from services.api.models import AreaCount, Assessment, DataVersion, Escalation
 
 LOCAL = ZoneInfo("Europe/London")
@@ -176,7 +176,10 @@ def _area_counts_upsert(dialect: str) -> Any:
     """INSERT … ON CONFLICT DO UPDATE adding to the counts. Built once: building it cost
     more per transaction than running it when the live feed comes a few messages a batch."""
     table: Table = AreaCount.__table__  # type: ignore[assignment]
-    insert = postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
+    insert = insert_on_conflict(dialect, table)
+    if insert is None:
+        raise ValueError(f"area counts need INSERT … ON CONFLICT, which {dialect} lacks "
+                         "(use SQLite or PostgreSQL)")
     return insert.on_conflict_do_update(
         index_elements=["area_level", "period_kind", "period", "area_code"],
         set_={name: table.c[name] + insert.excluded[name] for name in COUNTS},
