@@ -114,7 +114,9 @@ def test_a_worker_stopped_during_a_stream_checkpoints_what_it_published(
     final = CheckpointStore(pipeline.data_dir / "worker" / f"checkpoint-{port}").read()
     assert final is not None
     covered = sum(final.offsets.values())
-    assert 600 <= covered < total, covered
+    # Usually well short of the total (the stream goes on for seconds after the stop); on
+    # a machine fast enough to apply it all first, the restart must then read nothing.
+    assert 600 <= covered <= total, covered
     assert final.meta["retained_incidents"] == covered
     pipeline.start("worker-a")
     pipeline.wait_ready("worker-a")
