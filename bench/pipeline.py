@@ -972,14 +972,21 @@ def gc_buckets(text: str) -> dict[str, dict[float, float]]:
     return found
 
 
+def buckets_since(
+    earlier: dict[float, float], now: dict[float, float]
+) -> tuple[list[tuple[float, float]], float]:
+    """A histogram's cumulative buckets (bound → count) between two readings, by bound,
+    and the number of observations between them."""
+    buckets = sorted((bound, count - earlier.get(bound, 0.0)) for bound, count in now.items())
+    return buckets, buckets[-1][1] if buckets else 0.0
+
+
 def gc_pauses(before: dict[str, dict[float, float]], after: dict[str, dict[float, float]]) -> str:
     """The collections between two :func:`gc_buckets` readings: per generation, how many
     and the bucket bound the longest fell under (so "≤")."""
     parts = []
     for generation, now in sorted(after.items()):
-        earlier = before.get(generation, {})
-        buckets = sorted((bound, count - earlier.get(bound, 0.0)) for bound, count in now.items())
-        total = buckets[-1][1] if buckets else 0.0
+        buckets, total = buckets_since(before.get(generation, {}), now)
         if not total:
             continue
         longest = next(bound for bound, count in buckets if count >= total)
@@ -1004,9 +1011,7 @@ def api_histograms(port: int, token: str, before: dict[str, dict[float, float]])
     time, and escalation messages' delay from their Kafka timestamp to stored."""
     parts = []
     for label, now in api_buckets(port, token).items():
-        earlier = before.get(label, {})
-        buckets = sorted((bound, count - earlier.get(bound, 0.0)) for bound, count in now.items())
-        total = buckets[-1][1] if buckets else 0.0
+        buckets, total = buckets_since(before.get(label, {}), now)
         if not total:
             continue
         quantiles = []
@@ -1129,10 +1134,8 @@ def rebuild(args: argparse.Namespace, work: Path, rows: list[Row]) -> None:
             phase.load()))
 
         phase = Phase("a rollout: SIGTERM (final checkpoint), then a restart")
-        process = pipeline.processes.pop("worker-a")
         stopping = time.time()
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(args.timeout_replay)
+        pipeline.stop("worker-a", timeout=args.timeout_replay)
         stop_s = time.time() - stopping
         seconds, cpu, rss, state = _start_until_ready(pipeline, args.timeout_replay)
         restored = state.get("checkpoint", {}).get("restored") or {}

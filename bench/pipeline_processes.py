@@ -89,13 +89,13 @@ class Pipeline:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(30)
 
-    def stop(self, name: str) -> None:
-        """SIGTERM ``name`` (SIGKILL after 30 s)."""
+    def stop(self, name: str, timeout: float = 30) -> None:
+        """SIGTERM ``name`` (SIGKILL after ``timeout`` seconds)."""
         process = self.processes.pop(name)
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGTERM)
             try:
-                process.wait(30)
+                process.wait(timeout)
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()

@@ -106,14 +106,17 @@ class CheckpointStore:
             raise codec.CheckpointError("checkpoint state does not match its size and SHA-256")
         return Checkpoint(meta, blob)
 
+    def leftovers(self) -> list[Path]:
+        """Temporary files of writes that never finished (a writer killed by the kernel, or
+        with its worker, gets no chance to remove its own): each is as large as a
+        checkpoint and holds the same personal data."""
+        return sorted(self.path.glob(f".{FILE_NAME}.*.tmp"))
+
     def remove_leftovers(self) -> list[Path]:
-        """Delete temporary files of writes that never finished (a writer killed by the
-        kernel, or with its worker, gets no chance to): each is as large as a checkpoint
-        and holds the same personal data. Call only while no writer runs."""
-        removed = []
-        for leftover in self.path.glob(f".{FILE_NAME}.*.tmp"):
+        """Delete :meth:`leftovers` (call only while no writer runs); the files removed."""
+        removed = self.leftovers()
+        for leftover in removed:
             leftover.unlink(missing_ok=True)
-            removed.append(leftover)
         return removed
 
     def write(self, meta: dict[str, Any], blob: bytes) -> dict[str, Any]:
@@ -205,7 +208,7 @@ def inspect(store: CheckpointStore, policy: Policy, partitions: int) -> dict[str
     checks the whole file (size and SHA-256), never decodes the state."""
     report: dict[str, Any] = {
         "directory": str(store.path),
-        "leftovers": sorted(p.name for p in store.path.glob(f".{FILE_NAME}.*.tmp")),
+        "leftovers": [p.name for p in store.leftovers()],
     }
     try:
         found = store.read()
@@ -361,7 +364,8 @@ class CheckpointWriter:
 
     def wait(self, timeout: float) -> dict[str, Any] | None:
         """Wait up to ``timeout`` seconds for the child writing now, and give its report
-        (None if it is still writing). The worker polls instead; this blocks."""
+        (None if it is still writing, or none was started). Blocks: while running, the
+        worker polls; a stopping worker calls this in a thread for its final checkpoint."""
         deadline = time.monotonic() + timeout
         while self._child is not None and time.monotonic() < deadline:
             report = self.poll()

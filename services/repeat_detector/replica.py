@@ -948,31 +948,24 @@ class Replica:
                      "written at %s, stands)", (self.last_checkpoint or {}).get("written_at"))
             return
         deadline = time.monotonic() + FINAL_CHECKPOINT_S
+
+        def left() -> float:
+            return max(0.0, deadline - time.monotonic())
+
         if writer.writing:
-            report = await self._writer_report(writer, deadline)
+            report = await asyncio.to_thread(writer.wait, left())
             if report is not None:
                 self._checkpoint_written(report)
         if writer.writing or (not self._changed and self.last_checkpoint is not None):
             return
         self._changed = False
         writer.start(self.detector, self._checkpoint_meta())
-        report = await self._writer_report(writer, deadline)
+        report = await asyncio.to_thread(writer.wait, left())
         if report is None:
             log.warning("the final checkpoint was not written within %.0f s; the last one "
                         "stands", FINAL_CHECKPOINT_S)
             return
         self._checkpoint_written(report)
-
-    @staticmethod
-    async def _writer_report(
-        writer: CheckpointWriter, deadline: float
-    ) -> dict[str, Any] | None:
-        while time.monotonic() < deadline:
-            report = writer.poll()
-            if report is not None or not writer.writing:
-                return report
-            await asyncio.sleep(0.05)
-        return None
 
     def _checkpoint_meta(self) -> dict[str, Any]:
         return {
